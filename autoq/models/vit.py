@@ -1,0 +1,109 @@
+"""Image classifiers from timm: `deit` (DeiT-S, 100-way head) and `timm:<name>`.
+
+`timm:<name>?key=value&...` passes keyword arguments to `timm.create_model`
+(for example `timm:vit_tiny_patch16_224?depth=2&img_size=32`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..errors import UserError
+from . import LoadedModel, register
+
+DEIT = "deit_small_patch16_224"
+DEIT_KWARGS: dict = {}  # architecture overrides (tests use a tiny stand-in here)
+NUM_CLASSES = 100
+
+
+def _literal(v: str):
+    for cast in (int, float):
+        try:
+            return cast(v)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(v.lower(), v)
+
+
+def parse_timm_spec(spec: str) -> tuple[str, dict]:
+    name, _, query = spec.partition("?")
+    kwargs = {}
+    for part in filter(None, query.split("&")):
+        key, eq, value = part.partition("=")
+        if not eq:
+            raise UserError(f"timm:{spec}: {part!r} is not key=value.")
+        kwargs[key] = _literal(value)
+    return name, kwargs
+
+
+def read_checkpoint(path: str) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"--checkpoint {path}: no such file; give a saved state dict (.pt/.pth).")
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt, truncated or pickled code: all the user's file
+        raise UserError(f"--checkpoint {path}: not a readable weights-only state dict "
+                        f"({e.__class__.__name__}); save it with torch.save(model.state_dict()).")
+    for key in ("model", "state_dict", "model_ema"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise UserError(f"--checkpoint {path}: not a state dict of tensors.")
+    return obj
+
+
+def load_vit(name: str, kwargs: dict, device, dtype, checkpoint: str | None) -> LoadedModel:
+    import timm
+    from timm.data import create_transform, resolve_data_config
+
+    state = read_checkpoint(checkpoint) if checkpoint else None
+    if state is not None and "head.weight" in state:
+        kwargs = {"num_classes": state["head.weight"].shape[0], **kwargs}
+    kwargs = {"num_classes": NUM_CLASSES, **kwargs}
+    try:
+        model = timm.create_model(name, pretrained=state is None, **kwargs)
+    except RuntimeError as e:
+        if "Unknown model" in str(e):
+            raise UserError(f"timm has no model {name!r}; see timm.list_models('*vit*').")
+        raise UserError(f"could not get pretrained weights for {name!r} ({e.__class__.__name__}); "
+                        "offline, pass a state dict with --checkpoint FILE.")
+    except Exception as e:
+        raise UserError(f"could not get pretrained weights for {name!r} ({e.__class__.__name__}); "
+                        "offline, pass a state dict with --checkpoint FILE.")
+    if state is not None:
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as e:
+            first = str(e).splitlines()[1].strip() if "\n" in str(e) else str(e)
+            raise UserError(f"--checkpoint {checkpoint} does not fit {name} ({first[:160]}); "
+                            "give a state dict of that architecture.")
+    model.to(device=device, dtype=dtype)
+    transform = create_transform(**resolve_data_config({}, model=model), is_training=False)
+    heads = {n for n in ("head", "head_dist", "fc") if isinstance(getattr(model, n, None),
+                                                                  torch.nn.Linear)}
+    arch = {"family": "timm", "name": name, "kwargs": kwargs}
+    return LoadedModel("", "vit", model, device, dtype, heads, transform=transform, arch=arch)
+
+
+@register("deit", "vit", f"DeiT-S ({DEIT}, timm) with a {NUM_CLASSES}-class head",
+          "--checkpoint FILE with a CIFAR-100 fine-tuned state dict (else ImageNet weights "
+          "from the hub and an untrained head)")
+def deit(_: str, device, dtype, checkpoint=None) -> LoadedModel:
+    return load_vit(DEIT, dict(DEIT_KWARGS), device, dtype, checkpoint)
+
+
+@register("timm:", "vit", "any timm ViT: timm:<name>[?create_model kwargs]",
+          "internet for pretrained weights, or --checkpoint FILE")
+def timm_any(spec: str, device, dtype, checkpoint=None) -> LoadedModel:
+    name, kwargs = parse_timm_spec(spec)
+    return load_vit(name, kwargs, device, dtype, checkpoint)
+
+
+def skeleton(arch: dict, dtype: torch.dtype):
+    import timm
+
+    return timm.create_model(arch["name"], pretrained=False, **arch["kwargs"]).to(dtype)

@@ -1,0 +1,121 @@
+"""Save a quantized model in HQQ's format and load it back.
+
+A saved folder holds `qmodel.pt` (HQQ's serialized weights: module name ->
+state dict, as `AutoHQQHFModel.save_quantized` writes), `plan.json` (the plan
+with its metrics), `autoq.json` (what rebuilds the architecture) and, for LMs,
+`config.json` plus the tokenizer, so `AutoHQQHFModel.from_quantized(folder)`
+also loads it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import UserError
+from .models import LoadedModel
+from .plan import Plan
+from .quantize import set_module
+
+WEIGHTS = "qmodel.pt"
+
+
+def save(loaded: LoadedModel, plan: Plan, out: str | Path, overwrite: bool = False) -> Path:
+    """Write the folder under a temporary name, then rename: never half-written."""
+    from hqq.models.hf.base import AutoHQQHFModel
+
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise UserError(f"--out {out} exists and is not empty; pick a new folder or pass --force.")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    try:
+        weights = AutoHQQHFModel.serialize_weights(loaded.model)
+        torch.save(weights, tmp / WEIGHTS)
+        if loaded.kind == "lm":
+            loaded.model.config.architectures = [loaded.model.__class__.__name__]
+            loaded.model.config.save_pretrained(tmp)
+            loaded.tokenizer.save_pretrained(tmp)
+        meta = {"format": "autoq.saved/1", "model": loaded.spec, "kind": loaded.kind,
+                "heads": sorted(loaded.heads), "arch": loaded.arch if loaded.kind == "vit"
+                else {"family": "hf"}}
+        (tmp / "autoq.json").write_text(json.dumps(meta, indent=2) + "\n")
+        plan.save(tmp / "plan.json")
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _skeleton(folder: Path, meta: dict, dtype: torch.dtype) -> nn.Module:
+    if meta["kind"] == "lm":
+        from accelerate import init_empty_weights
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        config = AutoConfig.from_pretrained(folder)
+        with init_empty_weights(include_buffers=False):
+            return AutoModelForCausalLM.from_config(config, dtype=dtype)
+    from .models.vit import skeleton
+
+    return skeleton(meta["arch"], dtype)
+
+
+def load(folder: str | Path, device: torch.device, dtype: torch.dtype) -> LoadedModel:
+    from hqq.core.quantize import HQQLinear
+
+    folder = Path(folder)
+    try:
+        meta = json.loads((folder / "autoq.json").read_text())
+        weights = torch.load(folder / WEIGHTS, map_location=device, weights_only=True)
+    except (OSError, ValueError, RuntimeError) as e:
+        raise UserError(f"{folder}: not a folder written by `autoq apply` "
+                        f"({e.__class__.__name__}); give the --out folder of apply.")
+    model = _skeleton(folder, meta, dtype)
+    for name, state in weights.items():
+        if "W_q" in state:
+            layer = HQQLinear(None, None, compute_dtype=dtype, device=str(device))
+            layer.load_state_dict(dict(state))
+            set_module(model, name, layer)
+            continue
+        module = model.get_submodule(name)
+        for key, value in state.items():
+            value = value.to(device=device, dtype=dtype) if value.is_floating_point() \
+                else value.to(device)
+            if key in module._buffers:
+                module._buffers[key] = value
+            else:
+                setattr(module, key, nn.Parameter(value, requires_grad=False))
+    model.to(device).eval().requires_grad_(False)
+    tokenizer = transform = None
+    if meta["kind"] == "lm":
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    else:
+        from timm.data import create_transform, resolve_data_config
+
+        transform = create_transform(**resolve_data_config({}, model=model), is_training=False)
+    return LoadedModel(meta["model"], meta["kind"], model, device, dtype, set(meta["heads"]),
+                       tokenizer=tokenizer, transform=transform, arch=meta["arch"])
+
+
+@torch.inference_mode()
+def probe_output(loaded: LoadedModel) -> torch.Tensor:
+    """The model's output on a fixed input (for the reload check)."""
+    g = torch.Generator().manual_seed(0)
+    if loaded.kind == "lm":
+        vocab = loaded.model.config.vocab_size
+        x = torch.randint(0, vocab, (1, 32), generator=g).to(loaded.device)
+        return loaded.model(x).logits.float().cpu()
+    from .speed import vit_input_size
+
+    x = torch.randn(2, *vit_input_size(loaded.model), generator=g)
+    return loaded.model(x.to(loaded.device, loaded.dtype)).float().cpu()
