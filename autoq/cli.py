@@ -27,6 +27,7 @@ Checkpoint = typer.Option(None, "--checkpoint", help="State dict for ViTs (loade
 Device = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N.")
 Dtype = typer.Option("auto", "--dtype", help="auto (fp16 on GPU, fp32 on CPU), fp32, fp16 or bf16.")
 CacheDir = typer.Option(None, "--cache-dir", help="Reuse quantized layers across runs from this folder.")
+Backend = typer.Option("auto", "--backend", help="Serving kernels: auto (gemlite on CUDA when installed, else hqq), gemlite or hqq.")
 Quiet = typer.Option(False, "--quiet", "-q", help="No progress bars.")
 
 
@@ -77,7 +78,7 @@ def eval(model: str = Model, task: Optional[str] = Task, data: Optional[str] = D
          plan: Optional[Path] = typer.Option(None, "--plan", help="A plan file (autoq.plan/1)."),
          checkpoint: Optional[str] = Checkpoint, device: str = Device, dtype: str = Dtype,
          cache_dir: Optional[str] = CacheDir, as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
-         quiet: bool = Quiet):
+         backend: str = Backend, quiet: bool = Quiet):
     """Evaluate a model (unquantized, uniform, or from a plan): quality, exact size, speed."""
     from .evaluate import EvalSettings, Evaluator
 
@@ -88,7 +89,7 @@ def eval(model: str = Model, task: Optional[str] = Task, data: Optional[str] = D
     if the_plan is not None and the_plan.model != model and model == "smollm2":
         model = the_plan.model  # the plan names its model
     ev = Evaluator(EvalSettings(model, task, data, seq_len, limit, checkpoint, device, dtype,
-                                cache_dir))
+                                cache_dir, backend))
     if cfg is not None:
         the_plan = uniform_plan(model, cfg, ev.shapes, ev.loaded.heads)
     resolved = ev.resolve(the_plan, str(plan) if plan else "--uniform") if the_plan else \
@@ -109,51 +110,147 @@ def apply(plan: Path = typer.Argument(..., help="Plan file (autoq.plan/1), e.g. 
           limit: Optional[int] = Limit, checkpoint: Optional[str] = Checkpoint,
           device: str = Device, dtype: str = Dtype, cache_dir: Optional[str] = CacheDir,
           force: bool = typer.Option(False, "--force", help="Replace a non-empty --out folder."),
-          quiet: bool = Quiet):
+          as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+          backend: str = Backend, quiet: bool = Quiet):
     """Quantize the plan's model with the plan, save it (HQQ format + plan), and check
-    that the reloaded model gives the same outputs."""
+    that the reloaded model gives the same outputs. --out appears only when all is done."""
     import torch
 
     from . import saved
+    from .backends import prepare_, require_backend
+    from .evaluate import DEFAULT_TASK
     from .models import load_model, pick_device, pick_dtype
     from .quantize import LayerCache, quantize_
     from .size import measure, saved_tensor_bytes
+    from .tasks import get_task, load_data, scores
 
     the_plan = Plan.load(plan)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a folder path.")
     if out.exists() and any(out.iterdir()) and not force:
         raise UserError(f"--out {out} exists and is not empty; pick a new folder or pass --force.")
     dev = pick_device(device)
     dt = pick_dtype(dtype, dev)
+    backend = require_backend(backend, dev)
     progress.say(f"loading model {the_plan.model}")
     loaded = load_model(the_plan.model, dev, dt, checkpoint)
     resolved = the_plan.resolve(loaded.shapes(), loaded.heads, str(plan))
+    the_task = get_task(task or DEFAULT_TASK[loaded.kind]) if run_eval else None
+    dataset = load_data(the_task, loaded, data, seq_len, limit) if run_eval else None
     quantize_(loaded.model, resolved, device=dev, dtype=dt, cache=LayerCache(cache_dir))
     size = measure(loaded.model)
     reference = saved.probe_output(loaded)
     the_plan.metrics.update(size_mib=size.size_mib, bits_per_weight=size.bits_per_weight)
-    saved.save(loaded, the_plan, out, overwrite=force)
-    del loaded
-    back = saved.load(out, dev, dt)
-    again = saved.probe_output(back)
-    diff = (again - reference).abs().max().item()
-    if not torch.allclose(again, reference, rtol=1e-4, atol=1e-4):
-        raise RuntimeError(f"reloaded model differs from the quantized one (max |diff| {diff})")
-    file_bytes = saved_tensor_bytes(torch.load(out / saved.WEIGHTS, map_location="cpu",
-                                               weights_only=True))
-    result = {"out": str(out), "layers_quantized": sum(c is not None for c in resolved.values()),
-              "size_mib": size.size_mib, "saved_tensor_mib": file_bytes / 2**20,
-              "bits_per_weight": size.bits_per_weight, "reload_max_abs_diff": diff}
-    if run_eval:
-        from .tasks import get_task, load_data, scores
-        from .evaluate import DEFAULT_TASK
+    result = {"out": str(out), "model": the_plan.model,
+              "layers_quantized": sum(c is not None for c in resolved.values()),
+              "size_mib": size.size_mib, "bits_per_weight": size.bits_per_weight}
 
-        t = get_task(task or DEFAULT_TASK[back.kind])
-        dataset = load_data(t, back, data, seq_len, limit)
-        *_, (_, value) = scores(t, back, dataset)
-        result[t.metric] = value
-        the_plan.metrics[t.metric] = value
-        the_plan.save(out / "plan.json")
-    _table(f"autoq apply: {the_plan.model} -> {out}", result)
+    def verify(folder: Path) -> None:
+        """Reload from the folder; same outputs, same size; evaluate if asked."""
+        back = saved.load(folder, dev, dt)
+        again = saved.probe_output(back)
+        diff = (again - reference).abs().max().item()
+        if not torch.allclose(again, reference, rtol=1e-4, atol=1e-4):
+            raise RuntimeError(f"reloaded model differs from the quantized one (max |diff| {diff})")
+        weights = torch.load(folder / saved.WEIGHTS, map_location="cpu", weights_only=True)
+        result.update(saved_tensor_mib=saved_tensor_bytes(weights) / 2**20,
+                      reload_size_mib=measure(back.model).size_mib, reload_max_abs_diff=diff)
+        result.update(prepare_(back.model, backend))  # serve (and evaluate) with the backend
+        if backend != "hqq":
+            result["served_max_abs_diff"] = (saved.probe_output(back) - reference).abs().max().item()
+        if the_task is not None:
+            progress.say(f"evaluating the reloaded model on {the_task.name}")
+            *_, (_, value) = scores(the_task, back, dataset)
+            result[the_task.metric] = value
+            the_plan.metrics[the_task.metric] = value
+            the_plan.save(folder / "plan.json")
+
+    saved.save(loaded, the_plan, out, overwrite=force, verify=verify)
+    if as_json:
+        typer.echo(json.dumps(result))
+    else:
+        _table(f"autoq apply: {the_plan.model} -> {out}", result)
+
+
+@command
+def search(model: str = Model, task: Optional[str] = Task, data: Optional[str] = Data,
+           seq_len: Optional[int] = SeqLen, limit: Optional[int] = Limit,
+           target_ppl: Optional[float] = typer.Option(None, "--target-ppl", help="Quality target: perplexity at most this."),
+           target_acc: Optional[float] = typer.Option(None, "--target-acc", help="Quality target: top-1 accuracy (0-1) at least this."),
+           max_size_mib: Optional[float] = typer.Option(None, "--max-size-mib", help="Also require size <= S MiB."),
+           trials: int = typer.Option(50, "--trials", help="Total finished trials in the study (re-running resumes)."),
+           timeout: Optional[float] = typer.Option(None, "--timeout", help="Stop starting trials after SEC seconds."),
+           space: Optional[str] = typer.Option(None, "--space", help="Search-space YAML or shipped name (default: per-layer space of the model family)."),
+           study: Optional[str] = typer.Option(None, "--study", help="Study name (default: model-task-target)."),
+           storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage URL (default sqlite:///<out>/<study>/study.db)."),
+           out: Path = typer.Option(Path("results"), "--out", help="Output root; the study folder is <out>/<study>."),
+           seed: int = typer.Option(0, "--seed", help="Sampler seed."),
+           seeds: Optional[int] = typer.Option(None, "--seeds", help="Sensitivity-seeded first trials (default: trials/3, 2..10)."),
+           speed: str = typer.Option("predicted", "--speed", help="Per-trial speed: predicted (latency model; Pareto configs re-measured) or measured."),
+           prune: bool = typer.Option(True, "--prune/--no-prune", help="Stop trials clearly worse than the target early."),
+           checkpoint: Optional[str] = Checkpoint, device: str = Device, dtype: str = Dtype,
+           cache_dir: Optional[str] = typer.Option(None, "--cache-dir", help="On-disk layer cache (default <out>/layer-cache)."),
+           quiet: bool = Quiet):
+    """Search per-layer HQQ configs for the smallest model meeting a quality target
+    (multi-objective Optuna: size x quality), writing plans ready for `autoq apply`."""
+    from .evaluate import EvalSettings
+    from .search.run import Search, SearchSettings
+
+    if (target_ppl is None) == (target_acc is None):
+        raise UserError("give exactly one quality target: --target-ppl X or --target-acc Y.")
+    if target_acc is not None and not 0 < target_acc <= 1:
+        raise UserError(f"--target-acc {target_acc} must be a fraction in (0, 1], e.g. 0.9.")
+    if trials < 1:
+        raise UserError("--trials must be at least 1.")
+    if speed not in ("predicted", "measured"):
+        raise UserError(f"--speed {speed!r} must be predicted or measured.")
+    ev = EvalSettings(model, task, data, seq_len, limit, checkpoint, device, dtype,
+                      cache_dir or str(out / "layer-cache"))
+    settings = SearchSettings(ev, target_ppl if target_ppl is not None else target_acc,
+                              "ppl" if target_ppl is not None else "accuracy", trials,
+                              max_size_mib, timeout, space, study, storage, str(out), seed, seeds,
+                              speed, prune)
+    result = Search(settings, say=progress.say if progress.ENABLED else lambda m: None).run()
+    rows = {"study folder": str(result.study_dir), "finished trials": result.finished,
+            "pareto configs": len(result.front)}
+    if result.best:
+        m = result.best["metrics"]
+        metric = settings.target_metric
+        rows.update({"best.json": f"{metric} {m[metric]:.4g}, {m['size_mib']:.1f} MiB, "
+                                  f"{m['bits_per_weight']:.2f} bits/weight"})
+    else:
+        rows["best.json"] = "none: no finished trial meets the target yet"
+    _table(f"autoq search: {result.study_dir.name}", rows)
+
+
+@command
+def report(sources: Optional[list[str]] = typer.Argument(None, metavar="STUDY_DIR_OR_STORAGE", help="Study folders, or Optuna storages (sqlite:///study.db, postgresql://..., a journal file); default: every study folder under results/."),
+           out: Path = typer.Option(Path("results/report"), "--out", "-o", help="Folder for the pictures, report.html and report.md."),
+           formats: str = typer.Option("png,html,md", "--format", help="Comma-separated: png, html, md."),
+           study: Optional[str] = typer.Option(None, "--study", help="Only the study of this name (e.g. one of several in a storage)."),
+           baselines: bool = typer.Option(False, "--baselines", help="First evaluate missing uniform reference points with each study's protocol and store them with the study."),
+           quiet: bool = Quiet):
+    """Draw Pareto fronts (quality x size, bits/weight, speed), bit-allocation heatmaps and
+    a table of the Pareto configs; safe to run while a search is still going."""
+    from rich.console import Console
+
+    from . import report as rep
+    from .report import baselines as base
+    from .report import load, tables
+
+    wanted = rep.parse_formats(formats)
+    studies = load.find_studies(sources or [], study)
+    if baselines:
+        for s in studies:
+            added = base.fill(s)
+            progress.say(f"{s.name}: {len(added)} reference points added"
+                         + (f" ({', '.join(added)})" if added else ""))
+    written = rep.write(studies, out, wanted)
+    console = Console(width=160)
+    if not quiet:
+        tables.terminal(studies, console)
+    for path in written:
+        console.print(f"wrote {path}")
 
 
 def main() -> None:

@@ -14,6 +14,7 @@ from typing import Callable, Mapping
 import torch
 
 from . import speed as speed_mod
+from .backends import prepare_, require_backend
 from .models import load_model, pick_device, pick_dtype
 from .plan import LayerConfig, Plan
 from .progress import say
@@ -33,6 +34,7 @@ class EvalSettings:
     device: str = "auto"
     dtype: str = "auto"
     cache_dir: str | None = None     # on-disk layer cache (None: memory only)
+    backend: str = "auto"            # serving kernels: auto (gemlite on CUDA), gemlite, hqq
 
 
 DEFAULT_TASK = {"lm": "wikitext2", "vit": "cifar100"}
@@ -43,6 +45,7 @@ class Evaluator:
         self.settings = s
         self.device = pick_device(s.device)
         self.dtype = pick_dtype(s.dtype, self.device)
+        self.backend = require_backend(s.backend, self.device)
         say(f"loading model {s.model} on {self.device} ({str(self.dtype).removeprefix('torch.')})")
         self.loaded = load_model(s.model, self.device, self.dtype, s.checkpoint)
         self.task = get_task(s.task or DEFAULT_TASK[self.loaded.kind])
@@ -73,6 +76,11 @@ class Evaluator:
         chunk may raise to stop early. Returns the metrics dict."""
         self.apply(resolved)
         size = measure(self.loaded.model)
+        served = prepare_(self.loaded.model, self.backend) if self.backend == "gemlite" else \
+            {"backend": self.backend, "gemlite_layers": 0, "fallback": {}}
+        if served["fallback"]:
+            say(f"{len(served['fallback'])} layers stay on hqq's torch backend: "
+                + "; ".join(f"{n}: {why}" for n, why in served["fallback"].items()))
         t = time.perf_counter()
         value = float("nan")
         for fraction, value in scores(self.task, self.loaded, self.dataset, chunks):
@@ -82,6 +90,7 @@ class Evaluator:
                "bits_per_weight": size.bits_per_weight,
                "model_bits_per_weight": size.model_bits_per_weight,
                "quantized_layers": sum(c is not None for c in resolved.values()),
+               **served,
                "eval_seconds": time.perf_counter() - t}
         if speed:
             out.update(speed_mod.measure(self.loaded, size.size_bytes))

@@ -8,21 +8,31 @@ import tempfile
 from pathlib import Path
 
 
-def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
-    """Write `data` to `path` via a temporary file in the same folder + rename."""
+def write_atomic(path: str | os.PathLike, data: str | bytes, sync: bool = True) -> None:
+    """Write `data` to `path` via a temporary file in the same folder + rename.
+    `sync=False` skips fsync (caches: a lost entry is just recomputed)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     mode = "wb" if isinstance(data, bytes) else "w"
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes 0600; give a normal file's mode
         with os.fdopen(fd, mode) as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if sync:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def umask() -> int:
+    """The process umask (os.umask can only be read by setting it)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_json(path: str | os.PathLike, obj) -> None:

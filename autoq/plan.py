@@ -28,6 +28,7 @@ from .io import write_json
 FORMAT = "autoq.plan/1"
 NBITS = (1, 1.58, 2, 3, 4, 8)  # HQQ's bit widths
 PACK_FACTOR = {1: 8, 1.58: 4, 2: 4, 3: 1, 4: 2, 8: 1}  # values per packed byte (3-bit pads)
+STORED_BITS = {1: 1, 1.58: 2, 2: 2, 3: 3.2, 4: 4, 8: 8}  # 1.58 packs as 2-bit; 3-bit: 10 per int32
 LAYER_KEYS = ("nbits", "group_size")
 
 
@@ -46,8 +47,8 @@ class LayerConfig:
         return f"{self.nbits:g}:{self.group_size or 'row'}"
 
     def bits_per_weight(self, in_features: int) -> float:
-        """Packed weight + 16-bit scale + 16-bit zero, per weight."""
-        return self.nbits + 32 / (self.group_size or in_features)
+        """Packed weight + 16-bit scale + 16-bit zero, per weight (4:64 -> 4.5)."""
+        return STORED_BITS[self.nbits] + 32 / (self.group_size or in_features)
 
     def problem(self, in_features: int, out_features: int) -> str | None:
         """Why this config cannot quantize an (out, in) weight, or None if it can."""

@@ -70,6 +70,14 @@ def quantize_linear(linear: nn.Linear, cfg: LayerConfig, device: torch.device,
     HQQLinear, _ = _hqq()
     layer = HQQLinear.from_weights(linear.weight.data, linear.bias, hqq_config(cfg),
                                    compute_dtype=dtype, device=str(device), del_orig=True)
+    return meta_16bit(layer)
+
+
+def meta_16bit(layer: nn.Module) -> nn.Module:
+    """Keep an HQQLinear's scale and zero in 16 bits (the compute dtype if that is
+    fp16/bf16, else fp16). HQQ widens them to the compute dtype whenever it moves or
+    loads a layer, so every quantized or loaded layer goes through here."""
+    dtype = layer.compute_dtype
     meta_dtype = dtype if dtype in (torch.float16, torch.bfloat16) else torch.float16
     for key in ("scale", "zero"):
         layer.meta[key] = layer.meta[key].to(meta_dtype)
@@ -103,7 +111,7 @@ class LayerCache:
             layer.encoded_state_dict = False
             torch.save({k: (v.cpu() if isinstance(v, torch.Tensor) else v)
                         for k, v in layer.state_dict().items()}, buf)
-            write_atomic(self._path(linear, cfg, device, dtype), buf.getvalue())
+            write_atomic(self._path(linear, cfg, device, dtype), buf.getvalue(), sync=False)
         return layer
 
     def _load(self, name, linear, cfg, device, dtype) -> nn.Module | None:
@@ -117,6 +125,7 @@ class LayerCache:
             state = torch.load(path, map_location=device, weights_only=True)
             layer = HQQLinear(None, None, compute_dtype=dtype, device=str(device))
             layer.load_state_dict(state)
+            meta_16bit(layer)
         except Exception:  # a corrupt cache entry is recomputed, never trusted
             path.unlink(missing_ok=True)
             return None

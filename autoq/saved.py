@@ -1,7 +1,8 @@
 """Save a quantized model in HQQ's format and load it back.
 
 A saved folder holds `qmodel.pt` (HQQ's serialized weights: module name ->
-state dict, as `AutoHQQHFModel.save_quantized` writes), `plan.json` (the plan
+state dict, as `AutoHQQHFModel.save_quantized` writes, plus the own tensors of
+modules with children, which HQQ's writer skips), `plan.json` (the plan
 with its metrics), `autoq.json` (what rebuilds the architecture) and, for LMs,
 `config.json` plus the tokenizer, so `AutoHQQHFModel.from_quantized(folder)`
 also loads it.
@@ -13,30 +14,52 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
 
 from .errors import UserError
+from .io import umask
 from .models import LoadedModel
 from .plan import Plan
-from .quantize import set_module
+from .quantize import meta_16bit, set_module
 
 WEIGHTS = "qmodel.pt"
 
 
-def save(loaded: LoadedModel, plan: Plan, out: str | Path, overwrite: bool = False) -> Path:
-    """Write the folder under a temporary name, then rename: never half-written."""
-    from hqq.models.hf.base import AutoHQQHFModel
+def serialize(model: nn.Module) -> dict[str, dict[str, torch.Tensor]]:
+    """HQQ's format: module name -> that module's own tensors (an HQQLinear's raw
+    state dict). Unlike HQQ's `serialize_weights`, modules with children keep their
+    own parameters too (a ViT's cls_token and pos_embed live on the root module)."""
+    from hqq.core.quantize import HQQLinear
 
+    weights = {}
+    for name, module in model.named_modules():
+        if isinstance(module, HQQLinear):
+            module.encoded_state_dict = False
+            weights[name] = dict(module.state_dict())
+            continue
+        own = {k: v.detach() for k, v in module._parameters.items() if v is not None}
+        own.update({k: v for k, v in module._buffers.items()
+                    if v is not None and k not in module._non_persistent_buffers_set})
+        if own:
+            weights[name] = own
+    return weights
+
+
+def save(loaded: LoadedModel, plan: Plan, out: str | Path, overwrite: bool = False,
+         verify: Callable[[Path], None] | None = None) -> Path:
+    """Write the folder under a temporary name, run `verify(tmp_folder)` (which raises
+    if the saved model is wrong), then rename: never half-written, never wrong."""
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise UserError(f"--out {out} exists and is not empty; pick a new folder or pass --force.")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
     try:
-        weights = AutoHQQHFModel.serialize_weights(loaded.model)
-        torch.save(weights, tmp / WEIGHTS)
+        tmp.chmod(0o777 & ~umask())  # mkdtemp makes 0700
+        torch.save(serialize(loaded.model), tmp / WEIGHTS)
         if loaded.kind == "lm":
             loaded.model.config.architectures = [loaded.model.__class__.__name__]
             loaded.model.config.save_pretrained(tmp)
@@ -46,6 +69,8 @@ def save(loaded: LoadedModel, plan: Plan, out: str | Path, overwrite: bool = Fal
                 else {"family": "hf"}}
         (tmp / "autoq.json").write_text(json.dumps(meta, indent=2) + "\n")
         plan.save(tmp / "plan.json")
+        if verify is not None:
+            verify(tmp)
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
@@ -83,7 +108,7 @@ def load(folder: str | Path, device: torch.device, dtype: torch.dtype) -> Loaded
         if "W_q" in state:
             layer = HQQLinear(None, None, compute_dtype=dtype, device=str(device))
             layer.load_state_dict(dict(state))
-            set_module(model, name, layer)
+            set_module(model, name, meta_16bit(layer))
             continue
         module = model.get_submodule(name)
         for key, value in state.items():
@@ -100,9 +125,9 @@ def load(folder: str | Path, device: torch.device, dtype: torch.dtype) -> Loaded
 
         tokenizer = AutoTokenizer.from_pretrained(folder)
     else:
-        from timm.data import create_transform, resolve_data_config
+        from .models.vit import eval_transform
 
-        transform = create_transform(**resolve_data_config({}, model=model), is_training=False)
+        transform = eval_transform(model)
     return LoadedModel(meta["model"], meta["kind"], model, device, dtype, set(meta["heads"]),
                        tokenizer=tokenizer, transform=transform, arch=meta["arch"])
 

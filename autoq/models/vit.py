@@ -56,9 +56,19 @@ def read_checkpoint(path: str) -> dict:
     return obj
 
 
+def eval_transform(model):
+    """timm's eval transform for `model`, at the image size it was built for (a model
+    created with `img_size=32` keeps its pretrained config's 224 otherwise)."""
+    from timm.data import create_transform, resolve_data_config
+
+    from ..speed import vit_input_size
+
+    config = resolve_data_config({"input_size": vit_input_size(model)}, model=model)
+    return create_transform(**config, is_training=False)
+
+
 def load_vit(name: str, kwargs: dict, device, dtype, checkpoint: str | None) -> LoadedModel:
     import timm
-    from timm.data import create_transform, resolve_data_config
 
     state = read_checkpoint(checkpoint) if checkpoint else None
     if state is not None and "head.weight" in state:
@@ -82,7 +92,7 @@ def load_vit(name: str, kwargs: dict, device, dtype, checkpoint: str | None) -> 
             raise UserError(f"--checkpoint {checkpoint} does not fit {name} ({first[:160]}); "
                             "give a state dict of that architecture.")
     model.to(device=device, dtype=dtype)
-    transform = create_transform(**resolve_data_config({}, model=model), is_training=False)
+    transform = eval_transform(model)
     heads = {n for n in ("head", "head_dist", "fc") if isinstance(getattr(model, n, None),
                                                                   torch.nn.Linear)}
     arch = {"family": "timm", "name": name, "kwargs": kwargs}

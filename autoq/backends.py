@@ -1,0 +1,175 @@
+"""Serving backends: which kernels run the quantized layers at inference time.
+
+- `hqq`: HQQ's torch backend (dequantize, then matmul); serves every HQQ config,
+  on any device. It is also the per-layer fallback of the other backends.
+- `gemlite`: gemlite's Triton kernels (CUDA only). It serves a layer only when
+  `gemlite_problem` finds nothing wrong: 1/2/4/8-bit, group_size >= 16 dividing
+  in_features (a null group means one group of in_features), in_features % 32 == 0,
+  and axis=1 (what autoq always quantizes with).
+
+`prepare_(model, backend)` converts, layer by layer, every HQQLinear the backend
+serves and leaves the others as HQQLinear, returning what it did (the caller
+prints it and stores it with the evaluation): never a silent no-op, never a
+destroyed layer (hqq's `prepare_for_inference` can do both). gemlite is imported
+only when a layer is converted: `import gemlite` fails on a machine without a GPU.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from typing import Callable, Iterable, Mapping
+
+import torch
+from torch import nn
+
+from .errors import UserError
+from .plan import LayerConfig
+
+GEMLITE_BITS = (1, 2, 4, 8)
+GEMLITE_MIN_GROUP = 16
+GEMLITE_IN_MULTIPLE = 32
+GEMLITE_PACKAGE = "gemlite==0.6.0.post2"
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    summary: str
+    needs_cuda: bool
+    problem: Callable[[LayerConfig, int, int], str | None]  # why it cannot serve a layer
+    convert: Callable[[nn.Module], nn.Module] | None        # HQQLinear -> served module
+
+
+BACKENDS: dict[str, Backend] = {}
+
+
+def register(name: str, summary: str, needs_cuda: bool,
+             problem: Callable[[LayerConfig, int, int], str | None]):
+    def deco(convert):
+        BACKENDS[name] = Backend(name, summary, needs_cuda, problem, convert)
+        return convert
+    return deco
+
+
+# ---- selection rules (pure) ---------------------------------------------------------
+def hqq_problem(cfg: LayerConfig, in_features: int, out_features: int) -> str | None:
+    return cfg.problem(in_features, out_features)
+
+
+def gemlite_problem(cfg: LayerConfig, in_features: int, out_features: int) -> str | None:
+    """Why gemlite cannot serve an (out, in) layer quantized with `cfg`, or None."""
+    why = cfg.problem(in_features, out_features)
+    if why:
+        return why
+    if cfg.nbits not in GEMLITE_BITS:
+        return f"gemlite serves only 1/2/4/8-bit weights, not {cfg.nbits:g}-bit"
+    group = cfg.group_size or in_features  # null: one group per row (gemlite's channel-wise mode)
+    if group < GEMLITE_MIN_GROUP:
+        return f"gemlite needs group_size >= {GEMLITE_MIN_GROUP}, not {group}"
+    if in_features % group:
+        return f"gemlite needs group_size ({group}) to divide in_features ({in_features})"
+    if in_features % GEMLITE_IN_MULTIPLE:
+        return f"gemlite needs in_features % {GEMLITE_IN_MULTIPLE} == 0, not {in_features}"
+    return None
+
+
+def served_by(cfg: LayerConfig | None, in_features: int, out_features: int,
+              backend: str) -> str:
+    """Which kernels run this layer under `backend`: "fp", "hqq" or "gemlite"."""
+    if cfg is None:
+        return "fp"
+    if BACKENDS[backend].problem(cfg, in_features, out_features) is None:
+        return backend
+    return "hqq"
+
+
+def servable(backend: str) -> Callable[[LayerConfig, int, int], bool]:
+    """`(cfg, in, out) -> bool`: does `backend` itself serve that layer (no fallback)?"""
+    problem = BACKENDS[backend].problem
+    return lambda cfg, fin, fout: problem(cfg, fin, fout) is None
+
+
+def filter_options(options: Iterable[LayerConfig | None],
+                   shapes: Mapping[str, tuple[int, int]],
+                   backend: str) -> dict[str, list[LayerConfig | None]]:
+    """Per layer, the options `backend` serves itself (None = keep is always kept)."""
+    options = list(options)
+    ok = servable(backend)
+    return {name: [c for c in options if c is None or ok(c, fin, fout)]
+            for name, (fin, fout) in shapes.items()}
+
+
+# ---- availability -------------------------------------------------------------------
+def gemlite_installed() -> bool:
+    return importlib.util.find_spec("gemlite") is not None
+
+
+def require_backend(name: str, device: torch.device | str) -> str:
+    """The backend to use on `device` ("auto": gemlite on CUDA when installed, else hqq)."""
+    device = torch.device(device)
+    cuda = device.type == "cuda" and torch.cuda.is_available()
+    if name == "auto":
+        return "gemlite" if cuda and gemlite_installed() else "hqq"
+    if name not in BACKENDS:
+        raise UserError(f"--backend {name!r} is not one of auto, {', '.join(BACKENDS)}.")
+    if BACKENDS[name].needs_cuda and not cuda:
+        raise UserError(f"--backend {name} needs a CUDA GPU and this run is on {device.type}; "
+                        "use --backend hqq (or run on a GPU machine).")
+    if name == "gemlite" and not gemlite_installed():
+        raise UserError(f"--backend gemlite needs the gemlite package: run "
+                        f"`pip install '{GEMLITE_PACKAGE}'` (or use --backend hqq).")
+    return name
+
+
+# ---- conversion (side effects) -------------------------------------------------------
+def layer_config(layer) -> LayerConfig:
+    """The LayerConfig an HQQLinear was quantized with."""
+    nbits = layer.meta["nbits"]
+    return LayerConfig(int(nbits) if float(nbits).is_integer() else nbits,
+                       layer.meta["group_size"] if layer.meta["group_size"] != layer.in_features
+                       else None)
+
+
+@register("hqq", "HQQ's torch backend (dequantize + matmul), any device", False, hqq_problem)
+def _keep(layer: nn.Module) -> nn.Module:
+    return layer
+
+
+@register("gemlite", "gemlite Triton kernels (CUDA; 1/2/4/8-bit, group >= 16)", True,
+          gemlite_problem)
+def to_gemlite(layer: nn.Module) -> nn.Module:
+    """A gemlite layer computing what `layer` (an HQQLinear, left intact) computes."""
+    from gemlite.helper import A16Wn
+
+    # del_orig=False: the HQQLinear stays usable (the layer cache hands it out again)
+    return A16Wn(device=str(layer.W_q.device), dtype=layer.compute_dtype).from_hqqlinear(
+        layer, del_orig=False)
+
+
+def prepare_(model: nn.Module, backend: str) -> dict:
+    """Serve every HQQLinear of `model` with `backend` where it can, in place.
+
+    Returns {"backend", "gemlite_layers": converted count, "fallback": {name: reason}}:
+    the quantized layers that stay on HQQ's torch backend, and why.
+    """
+    from hqq.core.quantize import HQQLinear
+
+    from .quantize import set_module
+
+    b = BACKENDS[backend]
+    converted, fallback = 0, {}
+    if backend == "hqq":  # HQQLinear is already HQQ's torch backend
+        return {"backend": backend, "gemlite_layers": 0, "fallback": fallback}
+    for name, module in list(model.named_modules()):
+        if not isinstance(module, HQQLinear):
+            continue
+        why = b.problem(layer_config(module), module.in_features, module.out_features)
+        if why is None and module.meta.get("axis", 1) != 1:
+            why = f"{b.name} needs axis=1, not axis={module.meta['axis']}"
+        if why:
+            fallback[name] = why
+            continue
+        set_module(model, name, b.convert(module))
+        converted += 1
+    return {"backend": backend, "gemlite_layers": converted, "fallback": fallback}

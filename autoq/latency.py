@@ -1,0 +1,337 @@
+"""Latency model: predict a plan's decode time without decoding.
+
+    seconds per token = rest + sum over linear layers of t(shape, option, served by)
+
+`t` comes from micro-benchmarks of one linear forward at the model's serving
+shape: (1, 1, in_features) for an LM decode step, (1, tokens, in_features) for a
+ViT image. Each distinct (shape, option, backend) is measured once per device
+and cached in a JSON file (one per device name, dtype, backend, torch/hqq/gemlite
+versions) under `<cache_dir>/latency/`. `rest` (attention, norms, embedding,
+sampling) is measured once per model: the unquantized model's time per token with
+the same speed engine as `autoq eval`, minus the sum of its unquantized linears.
+
+On a GPU each LM timing is a CUDA graph of back-to-back forwards (HQQ's torch
+backend compiled, as the decode engine runs it) cycling through enough copies of
+the layer to overflow L2 (as in a real decode step, where every layer's weights
+come from HBM); ViT timings launch the same forwards eagerly (ViTs run eagerly);
+on a CPU it is an eager loop. Repeats stop after
+a small time budget, so a CPU model of SmolLM2 takes seconds, not minutes.
+
+    lat = LatencyModel.for_model(loaded, options, "gemlite", cache_dir)
+    lat.predict(resolved)         # seconds per token (per image for ViTs)
+    lat.tokens_per_s(resolved)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import platform
+import statistics
+import time
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Callable, Iterable, Mapping
+
+import torch
+from torch import nn
+
+from .backends import require_backend, served_by
+from .io import write_json
+from .plan import LayerConfig
+
+FORMAT = "autoq.latency/1"
+CPU_BUDGET_S = 0.02     # per (shape, option): stop repeating after this much time ...
+MIN_REPEATS = 3         # ... but time at least this many forwards
+MAX_REPEATS = 50
+GPU_CALLS = 64          # forwards per CUDA graph
+GPU_ROUNDS = 5          # graph replays (median)
+MAX_COPIES = 32         # layer copies cycled through to defeat L2
+
+
+def layer_key(fin: int, fout: int, cfg: LayerConfig | None, served: str,
+              lead: tuple[int, ...]) -> str:
+    """Table key: shape, option ("fp" for none), serving kernels, input leading dims."""
+    label = cfg.label if cfg is not None else "fp"
+    return f"{fin}x{fout}|{label}|{served}|{'x'.join(map(str, lead))}"
+
+
+@dataclass
+class LatencyModel:
+    layer_seconds: dict[str, float]          # layer_key -> seconds of one forward
+    rest_seconds: float                      # everything but the linear layers
+    shapes: dict[str, tuple[int, int]]       # name -> (in_features, out_features)
+    backend: str = "hqq"
+    lead: tuple[int, ...] = (1, 1)           # leading input dims of a linear forward
+    unit: str = "token"                      # what one predicted time produces
+    info: dict = field(default_factory=dict)  # device, cache file, measured fp time
+
+    # ---- pure arithmetic ---------------------------------------------------------
+    def layer_time(self, name: str, cfg: LayerConfig | None,
+                   shapes: Mapping[str, tuple[int, int]] | None = None) -> float:
+        fin, fout = (shapes or self.shapes)[name]
+        key = layer_key(fin, fout, cfg, served_by(cfg, fin, fout, self.backend), self.lead)
+        if key not in self.layer_seconds:
+            raise KeyError(f"no latency measured for {name} ({key}); pass that option to "
+                           "LatencyModel.for_model(options=...)")
+        return self.layer_seconds[key]
+
+    def predict(self, resolved: Mapping[str, LayerConfig | None],
+                shapes: Mapping[str, tuple[int, int]] | None = None) -> float:
+        """Seconds per token (per image): rest + every linear layer at its option
+        (a layer missing from `resolved` is unquantized)."""
+        shapes = shapes or self.shapes
+        return self.rest_seconds + sum(self.layer_time(n, resolved.get(n), shapes)
+                                       for n in shapes)
+
+    def tokens_per_s(self, resolved: Mapping[str, LayerConfig | None],
+                     shapes: Mapping[str, tuple[int, int]] | None = None) -> float:
+        return 1.0 / self.predict(resolved, shapes)
+
+    def to_json(self) -> dict:
+        return {"backend": self.backend, "lead": list(self.lead), "unit": self.unit,
+                "rest_seconds": self.rest_seconds, "layers": dict(self.layer_seconds),
+                **self.info}
+
+    # ---- measured ----------------------------------------------------------------
+    @classmethod
+    def for_model(cls, loaded, options: Iterable[LayerConfig | None], backend: str = "hqq",
+                  cache_dir: str | Path | None = None,
+                  progress: Callable[[str], None] | None = None,
+                  speed_kwargs: Mapping | None = None) -> "LatencyModel":
+        """Measure (or read from the cache) every (shape, option) the search may use,
+        plus the rest term (`speed_kwargs`: the protocol of autoq.speed to measure it
+        with, e.g. {"new_tokens": 8}). Leaves `loaded.model` unquantized."""
+        speed_kwargs = dict(speed_kwargs or {})
+        device, dtype = loaded.device, loaded.dtype
+        backend = require_backend(backend, device)
+        shapes = loaded.shapes()
+        lead = serving_lead(loaded)
+        cache = TableCache(cache_dir, device, dtype, backend)
+        configs = {None, *options}
+        todo: dict[str, tuple] = {}
+        for fin, fout in sorted(set(shapes.values())):
+            for cfg in configs:
+                if cfg is not None and cfg.problem(fin, fout):
+                    continue  # HQQ cannot quantize this shape with cfg: never planned
+                served = served_by(cfg, fin, fout, backend)
+                todo[layer_key(fin, fout, cfg, served, lead)] = (fin, fout, cfg, served)
+        for key, (fin, fout, cfg, served) in todo.items():
+            if key not in cache.layers:
+                if progress:
+                    progress(key)
+                cache.layers[key] = bench_layer(fin, fout, cfg, served, device, dtype, lead,
+                                                graphed=loaded.kind == "lm")
+        model_key = _model_key(loaded, shapes, speed_kwargs)
+        if model_key not in cache.rest:
+            fp_time = fp_seconds(loaded, **speed_kwargs)
+            cache.rest[model_key] = fp_time
+        fp_time = cache.rest[model_key]
+        cache.save()
+        table = {k: cache.layers[k] for k in todo}
+        lm = cls(table, 0.0, dict(shapes), backend, lead,
+                 "token" if loaded.kind == "lm" else "image")
+        linears = lm.predict({})  # rest is 0 here: the sum of the fp linears
+        lm.rest_seconds = max(fp_time - linears, 0.0)
+        lm.info = {"device": cache.device_name, "cache_file": str(cache.path or ""),
+                   "fp_seconds": fp_time, "fp_linear_seconds": linears}
+        return lm
+
+
+# ---- micro-benchmarks ---------------------------------------------------------------
+def serving_lead(loaded) -> tuple[int, ...]:
+    """Leading dims of a linear's input when serving: (1, 1) for LM decode,
+    (1, tokens) for a ViT image."""
+    if loaded.kind == "lm":
+        return (1, 1)
+    pe = getattr(loaded.model, "patch_embed", None)
+    tokens = getattr(pe, "num_patches", 196) + getattr(loaded.model, "num_prefix_tokens", 1)
+    return (1, tokens)
+
+
+def timing_layer(fin: int, fout: int, cfg: LayerConfig | None, served: str,
+                 device: torch.device, dtype: torch.dtype, seed: int = 0) -> nn.Module:
+    """A random layer of that shape as served (weights' values do not change speed)."""
+    g = torch.Generator().manual_seed(seed)
+    linear = nn.Linear(fin, fout, bias=False)
+    with torch.no_grad():
+        linear.weight.copy_(torch.randn(fout, fin, generator=g) * fin ** -0.5)
+    linear = linear.to(device=device, dtype=dtype).requires_grad_(False)
+    if cfg is None:
+        return linear
+    from .quantize import _hqq, hqq_config
+
+    HQQLinear, _ = _hqq()
+    quant = hqq_config(cfg)
+    quant["weight_quant_params"]["optimize"] = False  # same packing, no solver: fast
+    layer = HQQLinear.from_weights(linear.weight.data, None, quant, compute_dtype=dtype,
+                                   device=str(device), del_orig=True)
+    meta16 = dtype if dtype in (torch.float16, torch.bfloat16) else torch.float16
+    for key in ("scale", "zero"):
+        layer.meta[key] = layer.meta[key].to(meta16)
+    if served == "gemlite":
+        from .backends import to_gemlite
+        return to_gemlite(layer)
+    return layer
+
+
+def layer_bytes(fin: int, fout: int, cfg: LayerConfig | None, dtype: torch.dtype) -> float:
+    if cfg is None:
+        return fin * fout * torch.tensor([], dtype=dtype).element_size()
+    return fin * fout * cfg.bits_per_weight(fin) / 8
+
+
+@torch.inference_mode()
+def bench_layer(fin: int, fout: int, cfg: LayerConfig | None, served: str,
+                device: torch.device, dtype: torch.dtype, lead: tuple[int, ...] = (1, 1),
+                graphed: bool = True) -> float:
+    """Median seconds of one forward of an (out, in) layer as served, input (*lead, in).
+
+    On CUDA, `graphed` mirrors the LM decode engine (torch.compile + CUDA graphs);
+    otherwise the forwards are launched eagerly back to back, as an eager model runs."""
+    x = torch.randn(*lead, fin, device=device, dtype=dtype)
+    if device.type != "cuda":  # the CPU decode engine is eager
+        return _eager_seconds([timing_layer(fin, fout, cfg, served, device, dtype)], x, device)
+    l2 = torch.cuda.get_device_properties(device).L2_cache_size
+    copies = max(1, min(MAX_COPIES, math.ceil(2 * l2 / layer_bytes(fin, fout, cfg, dtype))))
+    layers = [timing_layer(fin, fout, cfg, served, device, dtype, seed=i) for i in range(copies)]
+    if not graphed:
+        return _stream_seconds(layers, x)
+    forward = _call
+    if served == "hqq":  # the CUDA decode engine compiles HQQ's dequantize + matmul: so here
+        torch._dynamo.reset()  # one compile per pair (copies share it), never the recompile limit
+        forward = torch.compile(_call)
+    try:
+        return _cuda_graph_seconds(layers, x, forward)
+    except Exception:  # noqa: BLE001  (not capturable: time it eagerly)
+        torch.cuda.synchronize(device)
+        return _eager_seconds(layers, x, device, forward)
+
+
+def _call(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return layer(x)
+
+
+def _eager_seconds(layers: list[nn.Module], x: torch.Tensor, device: torch.device,
+                   forward=_call) -> float:
+    for layer in layers:
+        forward(layer, x)  # warm-up (and kernel autotuning)
+    times, spent, i = [], 0.0, 0
+    while len(times) < MAX_REPEATS and (len(times) < MIN_REPEATS or spent < CPU_BUDGET_S):
+        layer = layers[i % len(layers)]
+        i += 1
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t = time.perf_counter()
+        forward(layer, x)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - t)
+        spent += times[-1]
+    return statistics.median(times)
+
+
+def _stream_seconds(layers: list[nn.Module], x: torch.Tensor) -> float:
+    for layer in layers:
+        layer(x)
+    rounds = []
+    for _ in range(GPU_ROUNDS):
+        torch.cuda.synchronize(x.device)
+        t = time.perf_counter()
+        for i in range(GPU_CALLS):
+            layers[i % len(layers)](x)
+        torch.cuda.synchronize(x.device)
+        rounds.append((time.perf_counter() - t) / GPU_CALLS)
+    return statistics.median(rounds)
+
+
+def _cuda_graph_seconds(layers: list[nn.Module], x: torch.Tensor, forward=_call) -> float:
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(2):
+            for layer in layers:
+                forward(layer, x)  # warm-up on a side stream, as graph capture wants
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for i in range(GPU_CALLS):
+            forward(layers[i % len(layers)], x)
+    graph.replay()
+    rounds = []
+    for _ in range(GPU_ROUNDS):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        rounds.append(start.elapsed_time(end) / 1e3 / GPU_CALLS)
+    return statistics.median(rounds)
+
+
+def fp_seconds(loaded, **speed_kwargs) -> float:
+    """The unquantized model's seconds per token (per image), by the eval speed engine."""
+    from . import speed
+    from .quantize import quantize_
+
+    quantize_(loaded.model, {n: None for n in loaded.shapes()}, device=loaded.device,
+              dtype=loaded.dtype)
+    if loaded.kind == "lm":
+        return 1.0 / speed.lm_decode(loaded, **speed_kwargs)["tokens_per_s"]
+    return 1.0 / speed.vit_images(loaded, **speed_kwargs)["images_per_s"]
+
+
+# ---- the per-device cache file -------------------------------------------------------
+def _version(package: str) -> str:
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "none"
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu {platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads"
+
+
+def _model_key(loaded, shapes: Mapping[str, tuple[int, int]], speed_kwargs: Mapping) -> str:
+    from . import speed
+
+    arch = json.dumps(sorted(shapes.items())) + str(getattr(loaded.model, "config", ""))
+    engine = speed.default_engine(loaded.device) if loaded.kind == "lm" else "eager"
+    protocol = ",".join(f"{k}={v}" for k, v in sorted(speed_kwargs.items()))
+    return (f"{loaded.spec}|{loaded.kind}|{engine}|{protocol}|"
+            + hashlib.sha256(arch.encode()).hexdigest()[:16])
+
+
+class TableCache:
+    """{layer_key: seconds} and {model_key: fp seconds} for one device/dtype/backend."""
+
+    def __init__(self, cache_dir, device: torch.device, dtype: torch.dtype, backend: str):
+        self.device_name = device_name(device)
+        self.key = {"format": FORMAT, "device": self.device_name,
+                    "dtype": str(dtype).removeprefix("torch."), "backend": backend,
+                    "torch": torch.__version__, "hqq": _version("hqq"),
+                    "gemlite": _version("gemlite") if backend == "gemlite" else "unused"}
+        self.path = None
+        self.layers: dict[str, float] = {}
+        self.rest: dict[str, float] = {}
+        if cache_dir is None:
+            return
+        digest = hashlib.sha256(json.dumps(self.key, sort_keys=True).encode()).hexdigest()[:12]
+        slug = "".join(c if c.isalnum() else "-" for c in self.device_name).strip("-")[:40]
+        self.path = Path(cache_dir) / "latency" / f"{slug}-{digest}.json"
+        try:
+            data = json.loads(self.path.read_text())
+            if data.get("key") == self.key:
+                self.layers = {k: float(v) for k, v in data["layers"].items()}
+                self.rest = {k: float(v) for k, v in data["rest"].items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            pass  # no cache yet, or a broken one: measure again and rewrite it
+
+    def save(self) -> None:
+        if self.path is not None:
+            write_json(self.path, {"key": self.key, "layers": self.layers, "rest": self.rest})

@@ -1,0 +1,1 @@
+"""autoq search: spaces, sensitivities, seeds and the Optuna study."""

@@ -1,0 +1,121 @@
+"""Per-layer, per-option sensitivity: the expected loss increase of quantizing one layer.
+
+Method (Fisher-weighted quantization error): one backward pass per calibration
+sample (the first few windows / images of the task data) gives the empirical
+Fisher diagonal F = E[g^2] of every linear weight. For a layer quantized with an
+option, with dW = W - dequantize(quantize(W)), the second-order estimate of the
+loss increase is  s = 1/2 * sum(F * dW^2).  Layers add up: the predicted loss of a
+plan is the fp loss plus the sum of its layers' s (times a scale fitted on the
+measured uniform baselines). Every (layer, option) pair is quantized once through
+the search's LayerCache, so trials reuse these layers for free.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import torch
+from torch import nn
+
+from ..io import write_json
+from ..plan import LayerConfig
+from ..progress import track
+from .space import option_label
+
+METHOD = "fisher-diag/1"
+
+
+def calibration_batches(ev, n: int) -> list:
+    """The first `n` samples of the task data as (input, target) pairs."""
+    if ev.task.model_kind == "lm":
+        return [(w[None], w[None]) for w in ev.dataset[:n]]
+    images, labels = ev.dataset
+    k = min(len(labels), n * 8)
+    return [(torch.stack(images[i:i + 8]), torch.tensor(labels[i:i + 8])) for i in range(0, k, 8)]
+
+
+def _loss(model: nn.Module, kind: str, x, y, device, dtype) -> torch.Tensor:
+    if kind == "lm":
+        logits = model(x.to(device)).logits[0, :-1].float()
+        return nn.functional.cross_entropy(logits, y.to(device)[0, 1:])
+    return nn.functional.cross_entropy(model(x.to(device, dtype)).float(), y.to(device))
+
+
+def fisher_diagonal(ev, samples: int = 8) -> dict[str, torch.Tensor]:
+    """Mean squared gradient of the task loss w.r.t. every linear weight (fp model)."""
+    ev.apply({n: None for n in ev.shapes})
+    model = ev.loaded.model
+    linears = {n: model.get_submodule(n) for n in ev.shapes}
+    fisher = {n: torch.zeros_like(m.weight, dtype=torch.float32) for n, m in linears.items()}
+    batches = calibration_batches(ev, samples)
+    for m in linears.values():
+        m.weight.requires_grad_(True)
+    try:
+        for x, y in track(batches, "sensitivity: gradients", total=len(batches)):
+            model.zero_grad(set_to_none=True)
+            with torch.enable_grad():
+                _loss(model, ev.task.model_kind, x, y, ev.device, ev.dtype).backward()
+            for n, m in linears.items():
+                fisher[n] += m.weight.grad.float() ** 2 / len(batches)
+    finally:
+        for m in linears.values():
+            m.weight.requires_grad_(False)
+            m.weight.grad = None
+    return fisher
+
+
+@torch.inference_mode()
+def layer_sensitivities(ev, layer_options: Mapping[str, Iterable[LayerConfig | None]],
+                        fisher: Mapping[str, torch.Tensor]) -> dict[str, dict[str, float]]:
+    """{layer: {option label: 1/2 sum(F * dW^2)}}; `keep` costs 0."""
+    from ..quantize import ORIGINALS
+
+    originals = getattr(ev.loaded.model, ORIGINALS)
+    out: dict[str, dict[str, float]] = {}
+    pairs = [(n, o) for n, opts in layer_options.items() for o in opts]
+    for name, cfg in track(pairs, "sensitivity: quantize layers", total=len(pairs)):
+        row = out.setdefault(name, {})
+        if cfg is None:
+            row[option_label(cfg)] = 0.0
+            continue
+        base = originals[name]
+        q = ev.cache.get(name, base, cfg, ev.device, ev.dtype)
+        dw = base.weight.float() - q.dequantize().float().reshape(base.weight.shape)
+        row[option_label(cfg)] = 0.5 * float((fisher[name].to(dw.device) * dw * dw).sum())
+    return out
+
+
+def cache_key(ev, layer_options: Mapping[str, Iterable[LayerConfig | None]], samples: int) -> str:
+    """Changes whenever the model, the task data, the options or the method change."""
+    h = hashlib.sha256()
+    h.update(json.dumps([METHOD, ev.settings.model, ev.settings.checkpoint, ev.task.name,
+                         ev.protocol, str(ev.dtype), samples]).encode())
+    first = ev.dataset if ev.task.model_kind == "lm" else ev.dataset[1]
+    h.update(repr(first[:samples * 8].tolist() if hasattr(first, "tolist") else first[:64]).encode())
+    for name in sorted(layer_options):
+        h.update(name.encode())
+        h.update(",".join(sorted(option_label(o) for o in layer_options[name])).encode())
+    return h.hexdigest()[:20]
+
+
+def measure_or_load(ev, layer_options: Mapping[str, Iterable[LayerConfig | None]],
+                    folder: Path, samples: int = 8) -> dict:
+    """Sensitivities for these layers/options, computed once per (model, data, options)."""
+    layer_options = {n: list(o) for n, o in layer_options.items()}
+    path = Path(folder) / f"sensitivity-{cache_key(ev, layer_options, samples)}.json"
+    if path.exists():
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError:
+            pass  # a damaged cache entry is recomputed
+    t = time.perf_counter()
+    fisher = fisher_diagonal(ev, samples)
+    layers = layer_sensitivities(ev, layer_options, fisher)
+    result = {"method": METHOD, "samples": samples, "protocol": ev.protocol,
+              "model": ev.settings.model, "seconds": time.perf_counter() - t, "layers": layers}
+    write_json(path, result)
+    return result

@@ -1,0 +1,224 @@
+"""Search spaces (`search_spaces/*.yaml`): which choices a search makes.
+
+    format: autoq.space/1
+    options: [null, "8:64", "4:64", "4:128", "3:64"]   # NBITS:GROUP, null = keep
+    groups:                    # first matching group wins; unmatched layers are kept
+      - name: attn             # one shared choice for every matching layer ...
+        match: 'self_attn\\.'  # regex on the full module name
+        blocks: [first_quarter, last_quarter]  # all | first | last | middle |
+                               # first_quarter .. last_quarter | "0-3" | a list of these
+        per_layer: false       # ... or, with true, one choice per layer
+        options: ["8:64"]      # optional: this group's own options
+    ignore: ['lm_head']        # regexes: never quantized
+    pinned: {'model.layers.0.mlp.down_proj': "8:64"}   # fixed, not searched
+    baselines: ["8:64", "4:64", "4:128", "3:64"]   # uniform reference points
+
+Options are filtered per layer to what is valid for its shape (and backend);
+a shared group keeps the options valid for all its layers.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping
+
+import yaml
+
+from ..errors import UserError
+from ..plan import LayerConfig
+from ..resources import resource_dir
+
+FORMAT = "autoq.space/1"
+KEEP = "keep"
+TOP_KEYS = {"format", "description", "options", "groups", "ignore", "pinned", "baselines"}
+GROUP_KEYS = {"name", "match", "blocks", "per_layer", "options"}
+BLOCK_RE = re.compile(r"(?:^|\.)(?:layers|blocks|h|layer)\.(\d+)\.")
+QUARTERS = {"first_quarter": 0, "second_quarter": 1, "third_quarter": 2, "last_quarter": 3}
+
+
+def block_of(name: str) -> int | None:
+    m = BLOCK_RE.search(name)
+    return int(m.group(1)) if m else None
+
+
+def option_label(cfg: LayerConfig | None) -> str:
+    return KEEP if cfg is None else cfg.label
+
+
+def parse_option(value, where: str) -> LayerConfig | None:
+    if value is None or value == KEEP:
+        return None
+    if not isinstance(value, str):
+        raise UserError(f"{where}: option {value!r} must be \"NBITS:GROUP\" (e.g. \"4:64\") or null.")
+    try:
+        cfg = LayerConfig.parse(value)
+    except UserError:
+        raise UserError(f"{where}: option {value!r} must be \"NBITS:GROUP\" with nbits in "
+                        "1, 1.58, 2, 3, 4, 8 (e.g. \"4:64\") or null.")
+    if cfg.group_size is not None and cfg.group_size % 8:
+        raise UserError(f"{where}: option {value!r}: group_size must be a multiple of 8.")
+    return cfg
+
+
+def _block_filter(spec, where: str) -> Callable[[int | None, int], bool]:
+    if isinstance(spec, list):  # any of several selectors
+        parts = [_block_filter(s, where) for s in spec]
+        return lambda b, n: any(p(b, n) for p in parts)
+    if spec in (None, "all"):
+        return lambda b, n: True
+    if spec == "first":
+        return lambda b, n: b == 0
+    if spec == "last":
+        return lambda b, n: b is not None and b == n - 1
+    if spec == "middle":
+        return lambda b, n: b is not None and 0 < b < n - 1
+    if spec in QUARTERS:
+        q = QUARTERS[spec]
+        return lambda b, n: b is not None and (b * 4) // max(n, 1) == q
+    m = re.fullmatch(r"(\d+)-(\d+)", str(spec))
+    if m:
+        lo, hi = int(m.group(1)), int(m.group(2))
+        return lambda b, n: b is not None and lo <= b <= hi
+    raise UserError(f"{where}: blocks {spec!r} must be all, first, last, middle, "
+                    "first_quarter..last_quarter, or a range like \"0-3\".")
+
+
+def _regex(pattern, where: str) -> re.Pattern:
+    try:
+        return re.compile(str(pattern))
+    except re.error as e:
+        raise UserError(f"{where}: {pattern!r} is not a valid regex ({e}).")
+
+
+@dataclass(frozen=True)
+class Group:
+    name: str
+    match: re.Pattern
+    blocks: Callable[[int | None, int], bool]
+    per_layer: bool
+    options: tuple[LayerConfig | None, ...]
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One search dimension: an Optuna categorical parameter over option labels."""
+    param: str
+    layers: tuple[str, ...]
+    options: tuple[LayerConfig | None, ...]
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return tuple(option_label(o) for o in self.options)
+
+
+@dataclass(frozen=True)
+class Space:
+    source: str
+    options: tuple[LayerConfig | None, ...]
+    groups: tuple[Group, ...]
+    ignore: tuple[re.Pattern, ...]
+    pinned: Mapping[str, LayerConfig | None]
+    baselines: tuple[LayerConfig, ...]
+
+    def bind(self, shapes: Mapping[str, tuple[int, int]],
+             allowed: Callable[[LayerConfig, int, int], bool] = lambda c, i, o: True,
+             ) -> tuple[list[Choice], dict[str, LayerConfig | None]]:
+        """The space's choices for a model's layers, and its fixed (pinned/kept) layers."""
+        for name, cfg in self.pinned.items():
+            if name not in shapes:
+                raise UserError(f"{self.source}: pinned layer {name!r} is not a linear layer of "
+                                "this model; fix the name.")
+            if cfg is not None and cfg.problem(*shapes[name]):
+                raise UserError(f"{self.source}: pinned {name!r}: {cfg.problem(*shapes[name])}.")
+        n_blocks = 1 + max((b for b in map(block_of, shapes) if b is not None), default=-1)
+        fixed: dict[str, LayerConfig | None] = {n: None for n in shapes}
+        fixed.update(self.pinned)
+        members: dict[str, list[str]] = {g.name: [] for g in self.groups}
+        for name in shapes:
+            if name in self.pinned or any(r.search(name) for r in self.ignore):
+                continue
+            for g in self.groups:
+                if g.match.search(name) and g.blocks(block_of(name), n_blocks):
+                    members[g.name].append(name)
+                    fixed.pop(name)
+                    break
+        choices = []
+        for g in self.groups:
+            layers = members[g.name]
+            if not layers:
+                continue
+            units = [[n] for n in layers] if g.per_layer else [layers]
+            for unit in units:
+                ok = tuple(o for o in (g.options or self.options)
+                           if o is None or all(o.problem(*shapes[n]) is None
+                                               and allowed(o, *shapes[n]) for n in unit))
+                if not ok:
+                    raise UserError(f"{self.source}: no option of group {g.name!r} is valid for "
+                                    f"{unit[0]} {shapes[unit[0]]}; add one that fits.")
+                choices.append(Choice(unit[0] if g.per_layer else g.name, tuple(unit), ok))
+        if not choices:
+            raise UserError(f"{self.source}: no group matches any layer of this model; "
+                            "check the match regexes.")
+        return choices, fixed
+
+
+def load_space(path_or_name: str | Path) -> Space:
+    path = Path(path_or_name)
+    if not path.exists():
+        shipped = resource_dir("search_spaces") / f"{path_or_name}.yaml"
+        if not shipped.exists():
+            names = ", ".join(p.stem for p in sorted(resource_dir("search_spaces").glob("*.yaml")))
+            raise UserError(f"--space {path_or_name}: no such file or shipped space; "
+                            f"use a YAML path or one of {names}.")
+        path = shipped
+    src = str(path)
+    try:
+        obj = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{src}: cannot read it ({e.__class__.__name__}).")
+    except yaml.YAMLError as e:
+        raise UserError(f"{src}: not valid YAML ({str(e).splitlines()[0]}); fix the file.")
+    return parse_space(obj, src)
+
+
+def parse_space(obj, src: str) -> Space:
+    if not isinstance(obj, dict):
+        raise UserError(f"{src}: a search space must be a mapping with format, options and groups.")
+    unknown = sorted(set(map(str, obj)) - TOP_KEYS)
+    if unknown:
+        raise UserError(f"{src}: unknown key {unknown[0]!r}; allowed: {', '.join(sorted(TOP_KEYS))}.")
+    if obj.get("format") != FORMAT:
+        raise UserError(f"{src}: format must be {FORMAT!r}.")
+    for key in ("options", "groups"):
+        if not isinstance(obj.get(key), list) or not obj[key]:
+            raise UserError(f"{src}: {key} must be a non-empty list.")
+    options = tuple(parse_option(o, f"{src}: options") for o in obj["options"])
+    groups = []
+    for i, g in enumerate(obj["groups"]):
+        where = f"{src}: groups[{i}]"
+        if not isinstance(g, dict) or "name" not in g or "match" not in g:
+            raise UserError(f"{where} must be a mapping with at least name and match.")
+        bad = sorted(set(map(str, g)) - GROUP_KEYS)
+        if bad:
+            raise UserError(f"{where}: unknown key {bad[0]!r}; allowed: {', '.join(sorted(GROUP_KEYS))}.")
+        own = g.get("options")
+        if own is not None and (not isinstance(own, list) or not own):
+            raise UserError(f"{where}: options must be a non-empty list.")
+        if not isinstance(g.get("per_layer", False), bool):
+            raise UserError(f"{where}: per_layer must be true or false.")
+        groups.append(Group(str(g["name"]), _regex(g["match"], where),
+                            _block_filter(g.get("blocks"), where), g.get("per_layer", False),
+                            tuple(parse_option(o, where) for o in own) if own else ()))
+    names = [g.name for g in groups]
+    if len(set(names)) != len(names):
+        raise UserError(f"{src}: group names must be unique.")
+    ignore = obj.get("ignore") or []
+    pinned = obj.get("pinned") or {}
+    baselines = obj.get("baselines") or []
+    if not isinstance(ignore, list) or not isinstance(pinned, dict) or not isinstance(baselines, list):
+        raise UserError(f"{src}: ignore and baselines must be lists, pinned a mapping.")
+    return Space(src, options, tuple(groups), tuple(_regex(r, f"{src}: ignore") for r in ignore),
+                 {str(k): parse_option(v, f"{src}: pinned[{k!r}]") for k, v in pinned.items()},
+                 tuple(c for c in (parse_option(b, f"{src}: baselines") for b in baselines) if c))

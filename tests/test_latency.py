@@ -1,0 +1,211 @@
+"""Latency model (arithmetic, micro-benchmarks, cache), the decode engines, the GPU bench."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from autoq import latency, speed
+from autoq.latency import LatencyModel, bench_layer, layer_key, timing_layer
+from autoq.models import LoadedModel, load_model
+from autoq.plan import LayerConfig
+from autoq.quantize import quantize_
+
+CPU = torch.device("cpu")
+Q4, Q3 = LayerConfig(4, 64), LayerConfig(3, 64)
+SHAPES = {"a": (64, 64), "b": (64, 128), "head": (64, 256)}
+
+
+def table(backend: str) -> dict:
+    """Hand-made times: fp 1, 4-bit 2, 3-bit 5 (x the layer's out/64), in ms."""
+    t = {}
+    for fin, fout in SHAPES.values():
+        unit = fout / 64 * 1e-3
+        t[layer_key(fin, fout, None, "fp", (1, 1))] = 1 * unit
+        t[layer_key(fin, fout, Q4, backend, (1, 1))] = 2 * unit
+        t[layer_key(fin, fout, Q3, "hqq", (1, 1))] = 5 * unit
+    return t
+
+
+def test_predict_is_rest_plus_the_layers():
+    lat = LatencyModel(table("hqq"), rest_seconds=0.010, shapes=SHAPES, backend="hqq")
+    assert lat.predict({}) == pytest.approx(0.010 + (1 + 2 + 4) * 1e-3)
+    plan = {"a": Q4, "b": Q3, "head": None}
+    assert lat.predict(plan) == pytest.approx(0.010 + 2e-3 + 5 * 2e-3 + 4e-3)
+    assert lat.tokens_per_s(plan) == pytest.approx(1 / lat.predict(plan))
+
+
+def test_predict_uses_the_serving_backend_per_layer():
+    lat = LatencyModel(table("gemlite"), rest_seconds=0.0, shapes=SHAPES, backend="gemlite")
+    # 4-bit is served by gemlite, 3-bit falls back to the hqq entry
+    assert lat.predict({"a": Q4, "b": Q3}) == pytest.approx(2e-3 + 10e-3 + 4e-3)
+    hqq_only = LatencyModel(table("gemlite"), 0.0, SHAPES, backend="hqq")
+    with pytest.raises(KeyError, match="4:64"):
+        hqq_only.predict({"a": Q4})  # only gemlite timings of 4:64 were measured
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.dictionaries(st.sampled_from(sorted(SHAPES)), st.sampled_from([None, Q4, Q3])),
+       st.sampled_from(sorted(SHAPES)), st.sampled_from([None, Q4, Q3]))
+def test_changing_one_layer_changes_the_prediction_by_its_time_difference(plan, name, cfg):
+    lat = LatencyModel(table("hqq"), 0.003, SHAPES)
+    other = {**plan, name: cfg}
+    diff = lat.layer_time(name, cfg) - lat.layer_time(name, plan.get(name))
+    assert lat.predict(other) - lat.predict(plan) == pytest.approx(diff, abs=1e-12)
+
+
+def test_timing_layer_builds_the_served_module():
+    from hqq.core.quantize import HQQLinear
+
+    fp = timing_layer(64, 32, None, "fp", CPU, torch.float32)
+    q = timing_layer(64, 32, Q4, "hqq", CPU, torch.float32)
+    assert isinstance(fp, nn.Linear) and fp.weight.shape == (32, 64)
+    assert isinstance(q, HQQLinear) and q.meta["nbits"] == 4 and q.meta["group_size"] == 64
+    assert q.meta["scale"].dtype == torch.float16  # counted as 16-bit, like quantize_linear
+    x = torch.randn(1, 1, 64)
+    assert torch.allclose(q(x), fp(x), atol=0.5)  # same random weights, 4-bit close
+
+
+def test_bench_layer_measures_on_cpu():
+    for cfg, served in ((None, "fp"), (Q4, "hqq")):
+        t = bench_layer(64, 32, cfg, served, CPU, torch.float32, (1, 1))
+        assert math.isfinite(t) and t > 0
+    assert bench_layer(64, 32, None, "fp", CPU, torch.float32, (2, 5)) > 0
+
+
+def tiny_lm(tiny_llama_dir) -> LoadedModel:
+    return load_model(f"hf:{tiny_llama_dir}", CPU, torch.float32)
+
+
+FAST = {"new_tokens": 4, "repeats": 1}
+
+
+def test_for_model_measures_each_pair_once_and_caches(tiny_llama_dir, tmp_path, monkeypatch):
+    loaded = tiny_lm(tiny_llama_dir)
+    shapes = loaded.shapes()
+    opts = [LayerConfig(4, 32), LayerConfig(8, 128)]  # 8:128 fits only the 128-in layers
+    quantize_(loaded.model, {n: opts[0] for n in shapes}, device=CPU, dtype=torch.float32)
+    measured = []
+    real = latency.bench_layer
+    monkeypatch.setattr(latency, "bench_layer",
+                        lambda *a, **k: measured.append(a[:4]) or real(*a, **k))
+    lat = LatencyModel.for_model(loaded, opts, "hqq", tmp_path, speed_kwargs=FAST)
+    distinct = set(shapes.values())
+    want = {(fi, fo, c, s) for fi, fo in distinct for c, s in ((None, "fp"), (opts[0], "hqq"))}
+    want |= {(fi, fo, opts[1], "hqq") for fi, fo in distinct if fi % 128 == 0}
+    assert sorted(measured, key=str) == sorted(want, key=str)  # each pair once
+    assert all(isinstance(m, nn.Linear) for n, m in loaded.model.named_modules() if n in shapes)
+    assert lat.rest_seconds >= 0 and lat.info["fp_seconds"] > 0
+    assert lat.predict({}) == pytest.approx(max(lat.info["fp_seconds"], lat.info[
+        "fp_linear_seconds"]))
+    assert lat.tokens_per_s({n: opts[0] for n in shapes}) > 0
+    files = list((tmp_path / "latency").glob("*.json"))
+    assert len(files) == 1
+    key = json.loads(files[0].read_text())["key"]
+    assert key["backend"] == "hqq" and key["dtype"] == "float32" and key["hqq"] != "none"
+
+    # a second model of the same device reads everything from the file
+    monkeypatch.setattr(latency, "bench_layer", lambda *a, **k: pytest.fail("re-measured"))
+    monkeypatch.setattr(latency, "fp_seconds", lambda *a, **k: pytest.fail("re-measured"))
+    again = LatencyModel.for_model(loaded, opts, "hqq", tmp_path, speed_kwargs=FAST)
+    assert again.layer_seconds == lat.layer_seconds and again.rest_seconds == lat.rest_seconds
+
+    # a broken cache file is measured again, never trusted
+    files[0].write_text("{not json")
+    monkeypatch.setattr(latency, "bench_layer", lambda *a, **k: 1e-4)
+    monkeypatch.setattr(latency, "fp_seconds", lambda *a, **k: 1.0)
+    fresh = LatencyModel.for_model(loaded, opts, "hqq", tmp_path, speed_kwargs=FAST)
+    assert set(fresh.layer_seconds.values()) == {1e-4}
+    assert fresh.rest_seconds == pytest.approx(1.0 - 1e-4 * len(shapes))
+
+
+def test_for_model_vit_uses_image_tokens(tiny_vit_checkpoint, monkeypatch):
+    spec, path = tiny_vit_checkpoint
+    loaded = load_model(f"timm:{spec}", CPU, torch.float32, str(path))
+    tokens = loaded.model.patch_embed.num_patches + loaded.model.num_prefix_tokens
+    assert latency.serving_lead(loaded) == (1, tokens)
+    monkeypatch.setattr(latency, "bench_layer", lambda fin, fout, cfg, served, d, t, lead,
+                        graphed: 1e-4 * lead[1] * (not graphed))  # ViTs run eagerly
+    lat = LatencyModel.for_model(loaded, [LayerConfig(4, 32)], "hqq", None)
+    assert lat.unit == "image" and lat.info["cache_file"] == ""
+    assert lat.predict({}) >= len(lat.shapes) * 1e-4 * tokens
+
+
+# ---- decode engines ----------------------------------------------------------------
+def lively_lm() -> LoadedModel:
+    """A tiny random Llama whose greedy tokens are not all the same."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         initializer_range=0.3, tie_word_embeddings=True)
+    model = LlamaForCausalLM(config).eval()
+    return LoadedModel("tiny", "lm", model, CPU, torch.float32, {"lm_head"})
+
+
+def test_static_decoder_matches_generate():
+    loaded = lively_lm()
+    quantize_(loaded.model, {n: LayerConfig(4, 32) for n in loaded.shapes()}, device=CPU,
+              dtype=torch.float32)
+    _, tokens = speed.StaticDecoder(loaded, 10, compile=False).run()
+    ids = speed.prompt_ids(loaded)
+    with torch.inference_mode():
+        ref = loaded.model.generate(ids, max_new_tokens=10, min_new_tokens=10, do_sample=False,
+                                    pad_token_id=0, attention_mask=torch.ones_like(ids))
+    assert len(set(tokens[0].tolist())) > 1
+    assert torch.equal(tokens, ref[:, ids.shape[1]:])
+
+
+def test_lm_decode_falls_back_and_says_why(monkeypatch):
+    def broken(*a):
+        raise RuntimeError("inductor is not available\nmore")
+
+    monkeypatch.setitem(speed.ENGINES, "compiled", broken)
+    out = speed.lm_decode(lively_lm(), new_tokens=4, repeats=1, engine="compiled")
+    assert out["speed_engine"] == "static" and out["tokens_per_s"] > 0
+    assert out["speed_engine_fallback"] == {"compiled": "RuntimeError: inductor is not available"}
+    assert "engine static" in out["speed_protocol"]
+
+
+# ---- the GPU bench, tiny, on CPU -----------------------------------------------------
+def test_gpu_bench_tiny_runs_on_cpu(tmp_path):
+    from autoq.resources import ROOT
+
+    spec = importlib.util.spec_from_file_location("gpu_bench", ROOT / "scripts/gpu_bench.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert bench.main(["--tiny", "--out", str(tmp_path), "--quiet"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    s = json.loads((tmp_path / "summary.json").read_text())
+    rows = json.loads((tmp_path / "plans.json").read_text())
+    for key in ("device", "fp16_tokens_per_s", "quantized_tokens_per_s",
+                "quantized_bits_per_weight", "predicted_vs_measured_error",
+                "search_100_trials_minutes"):
+        assert key in s
+    assert s["tiny"] and s["search_100_trials_minutes"] is None and s["search_note"]
+    assert s["quantized_bits_per_weight"] <= 4.5
+    assert s["predicted_vs_measured_plans"] >= 8
+    lm = [r for r in rows if "tokens_per_s" in r]
+    assert {r["plan"] for r in lm} == set(bench.LM_PLANS)
+    heads = [name for name, make in bench.LM_PLANS.items()
+             if make({"lm_head": (128, 512)}, {"lm_head"}, 4)["lm_head"] is not None]
+    assert heads  # at least one mixed plan quantizes lm_head
+    assert s["predicted_vs_measured_error"] == max(r["predicted_error"] for r in lm)
+    vit = [r for r in rows if "images_per_s_b1" in r]
+    assert {r["plan"] for r in vit} == set(bench.VIT_PLANS) and all("images_per_s_b8" in r
+                                                                   for r in vit)
+    md = (tmp_path / "plans.md").read_text()
+    assert md.count("\n") == 2 + len(rows)
+    assert s["backends"] == ["hqq"] and "gemlite" in s["skipped_backends"]
