@@ -36,6 +36,7 @@ def command(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         progress.ENABLED = not kwargs.get("quiet", False) and not kwargs.get("as_json", False)
+        progress.quiet_libraries(not progress.ENABLED)
         try:
             return fn(*args, **kwargs)
         except UserError as e:
@@ -104,7 +105,7 @@ def eval(model: str = Model, task: Optional[str] = Task, data: Optional[str] = D
 
 @command
 def apply(plan: Path = typer.Argument(..., help="Plan file (autoq.plan/1), e.g. results/<study>/best.json."),
-          out: Path = typer.Option(..., "--out", "-o", help="Folder to write the quantized model to."),
+          out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder to write the quantized model to (default: <plan folder>/<plan name>-model)."),
           run_eval: bool = typer.Option(False, "--eval", help="Also evaluate the reloaded model."),
           task: Optional[str] = Task, data: Optional[str] = Data, seq_len: Optional[int] = SeqLen,
           limit: Optional[int] = Limit, checkpoint: Optional[str] = Checkpoint,
@@ -125,6 +126,7 @@ def apply(plan: Path = typer.Argument(..., help="Plan file (autoq.plan/1), e.g. 
     from .tasks import get_task, load_data, scores
 
     the_plan = Plan.load(plan)
+    out = out or plan.parent / f"{plan.stem}-model"
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give a folder path.")
     if out.exists() and any(out.iterdir()) and not force:
@@ -133,7 +135,7 @@ def apply(plan: Path = typer.Argument(..., help="Plan file (autoq.plan/1), e.g. 
     dt = pick_dtype(dtype, dev)
     backend = require_backend(backend, dev)
     progress.say(f"loading model {the_plan.model}")
-    loaded = load_model(the_plan.model, dev, dt, checkpoint)
+    loaded = load_model(the_plan.model, dev, dt, checkpoint or the_plan.extra.get("checkpoint"))
     resolved = the_plan.resolve(loaded.shapes(), loaded.heads, str(plan))
     the_task = get_task(task or DEFAULT_TASK[loaded.kind]) if run_eval else None
     dataset = load_data(the_task, loaded, data, seq_len, limit) if run_eval else None

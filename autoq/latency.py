@@ -10,12 +10,14 @@ versions) under `<cache_dir>/latency/`. `rest` (attention, norms, embedding,
 sampling) is measured once per model: the unquantized model's time per token with
 the same speed engine as `autoq eval`, minus the sum of its unquantized linears.
 
-On a GPU each LM timing is a CUDA graph of back-to-back forwards (HQQ's torch
-backend compiled, as the decode engine runs it) cycling through enough copies of
-the layer to overflow L2 (as in a real decode step, where every layer's weights
-come from HBM); ViT timings launch the same forwards eagerly (ViTs run eagerly);
-on a CPU it is an eager loop. Repeats stop after
-a small time budget, so a CPU model of SmolLM2 takes seconds, not minutes.
+On a GPU each LM timing is a CUDA graph of back-to-back forwards (compiled too when
+the decode engine is `compiled`) cycling through enough copies of the layer to
+overflow L2 (as in a real decode step, where every layer's weights come from HBM);
+ViT timings launch the same forwards eagerly (ViTs run eagerly); on a CPU it is the
+best of at least 3 eager calls, repeating only within a small time budget, so the
+layers of SmolLM2 take seconds (its HQQ lm_head, dequantized on every call, most);
+the unquantized decode for the rest term takes longer, once per model and device
+(the cache file keeps it).
 
     lat = LatencyModel.for_model(loaded, options, "gemlite", cache_dir)
     lat.predict(resolved)         # seconds per token (per image for ViTs)
@@ -52,10 +54,11 @@ MAX_COPIES = 32         # layer copies cycled through to defeat L2
 
 
 def layer_key(fin: int, fout: int, cfg: LayerConfig | None, served: str,
-              lead: tuple[int, ...]) -> str:
-    """Table key: shape, option ("fp" for none), serving kernels, input leading dims."""
+              lead: tuple[int, ...], mode: str = "eager") -> str:
+    """Table key: shape, option ("fp" for none), serving kernels, input leading dims,
+    timing mode."""
     label = cfg.label if cfg is not None else "fp"
-    return f"{fin}x{fout}|{label}|{served}|{'x'.join(map(str, lead))}"
+    return f"{fin}x{fout}|{label}|{served}|{'x'.join(map(str, lead))}|{mode}"
 
 
 @dataclass
@@ -65,6 +68,7 @@ class LatencyModel:
     shapes: dict[str, tuple[int, int]]       # name -> (in_features, out_features)
     backend: str = "hqq"
     lead: tuple[int, ...] = (1, 1)           # leading input dims of a linear forward
+    mode: str = "eager"                      # how layers were timed (see timing_mode)
     unit: str = "token"                      # what one predicted time produces
     info: dict = field(default_factory=dict)  # device, cache file, measured fp time
 
@@ -72,7 +76,8 @@ class LatencyModel:
     def layer_time(self, name: str, cfg: LayerConfig | None,
                    shapes: Mapping[str, tuple[int, int]] | None = None) -> float:
         fin, fout = (shapes or self.shapes)[name]
-        key = layer_key(fin, fout, cfg, served_by(cfg, fin, fout, self.backend), self.lead)
+        key = layer_key(fin, fout, cfg, served_by(cfg, fin, fout, self.backend), self.lead,
+                        self.mode)
         if key not in self.layer_seconds:
             raise KeyError(f"no latency measured for {name} ({key}); pass that option to "
                            "LatencyModel.for_model(options=...)")
@@ -91,7 +96,8 @@ class LatencyModel:
         return 1.0 / self.predict(resolved, shapes)
 
     def to_json(self) -> dict:
-        return {"backend": self.backend, "lead": list(self.lead), "unit": self.unit,
+        return {"backend": self.backend, "lead": list(self.lead), "mode": self.mode,
+                "unit": self.unit,
                 "rest_seconds": self.rest_seconds, "layers": dict(self.layer_seconds),
                 **self.info}
 
@@ -103,12 +109,13 @@ class LatencyModel:
                   speed_kwargs: Mapping | None = None) -> "LatencyModel":
         """Measure (or read from the cache) every (shape, option) the search may use,
         plus the rest term (`speed_kwargs`: the protocol of autoq.speed to measure it
-        with, e.g. {"new_tokens": 8}). Leaves `loaded.model` unquantized."""
+        with, e.g. {"new_tokens": 8}). Measuring the rest term puts the model's original
+        layers back (`quantize_` with every layer None): re-apply your plan afterwards."""
         speed_kwargs = dict(speed_kwargs or {})
         device, dtype = loaded.device, loaded.dtype
         backend = require_backend(backend, device)
         shapes = loaded.shapes()
-        lead = serving_lead(loaded)
+        lead, mode = serving_lead(loaded), timing_mode(loaded, speed_kwargs)
         cache = TableCache(cache_dir, device, dtype, backend)
         configs = {None, *options}
         todo: dict[str, tuple] = {}
@@ -117,13 +124,13 @@ class LatencyModel:
                 if cfg is not None and cfg.problem(fin, fout):
                     continue  # HQQ cannot quantize this shape with cfg: never planned
                 served = served_by(cfg, fin, fout, backend)
-                todo[layer_key(fin, fout, cfg, served, lead)] = (fin, fout, cfg, served)
+                todo[layer_key(fin, fout, cfg, served, lead, mode)] = (fin, fout, cfg, served)
         for key, (fin, fout, cfg, served) in todo.items():
             if key not in cache.layers:
                 if progress:
                     progress(key)
                 cache.layers[key] = bench_layer(fin, fout, cfg, served, device, dtype, lead,
-                                                graphed=loaded.kind == "lm")
+                                                mode)
         model_key = _model_key(loaded, shapes, speed_kwargs)
         if model_key not in cache.rest:
             fp_time = fp_seconds(loaded, **speed_kwargs)
@@ -131,16 +138,30 @@ class LatencyModel:
         fp_time = cache.rest[model_key]
         cache.save()
         table = {k: cache.layers[k] for k in todo}
-        lm = cls(table, 0.0, dict(shapes), backend, lead,
-                 "token" if loaded.kind == "lm" else "image")
-        linears = lm.predict({})  # rest is 0 here: the sum of the fp linears
-        lm.rest_seconds = max(fp_time - linears, 0.0)
-        lm.info = {"device": cache.device_name, "cache_file": str(cache.path or ""),
-                   "fp_seconds": fp_time, "fp_linear_seconds": linears}
-        return lm
+        lat = cls(table, 0.0, dict(shapes), backend, lead, mode,
+                  "token" if loaded.kind == "lm" else "image")
+        linears = lat.predict({})  # rest is 0 here: the sum of the fp linears
+        lat.rest_seconds = max(fp_time - linears, 0.0)
+        lat.info = {"device": cache.device_name, "cache_file": str(cache.path or ""),
+                    "fp_seconds": fp_time, "fp_linear_seconds": linears}
+        return lat
 
 
 # ---- micro-benchmarks ---------------------------------------------------------------
+def timing_mode(loaded, speed_kwargs: Mapping | None = None) -> str:
+    """How to time a layer so it matches how the speed engine runs the model:
+    "eager" (CPU), "stream" (eager CUDA launches), "graph" (CUDA graph of eager
+    forwards), "compiled" (CUDA graph of torch.compile'd forwards)."""
+    from . import speed
+
+    if loaded.device.type != "cuda":
+        return "eager"
+    if loaded.kind != "lm":
+        return "stream"
+    engine = (speed_kwargs or {}).get("engine") or speed.default_engine(loaded.device)
+    return {"compiled": "compiled", "graphs": "graph"}.get(engine, "stream")
+
+
 def serving_lead(loaded) -> tuple[int, ...]:
     """Leading dims of a linear's input when serving: (1, 1) for LM decode,
     (1, tokens) for a ViT image."""
@@ -186,21 +207,20 @@ def layer_bytes(fin: int, fout: int, cfg: LayerConfig | None, dtype: torch.dtype
 @torch.inference_mode()
 def bench_layer(fin: int, fout: int, cfg: LayerConfig | None, served: str,
                 device: torch.device, dtype: torch.dtype, lead: tuple[int, ...] = (1, 1),
-                graphed: bool = True) -> float:
-    """Median seconds of one forward of an (out, in) layer as served, input (*lead, in).
-
-    On CUDA, `graphed` mirrors the LM decode engine (torch.compile + CUDA graphs);
-    otherwise the forwards are launched eagerly back to back, as an eager model runs."""
+                mode: str = "eager") -> float:
+    """Seconds of one forward of an (out, in) layer as served, input (*lead, in), timed
+    in `mode` (see timing_mode): on a GPU the median of 5 rounds, on a CPU the best of
+    at least 3 calls."""
     x = torch.randn(*lead, fin, device=device, dtype=dtype)
     if device.type != "cuda":  # the CPU decode engine is eager
         return _eager_seconds([timing_layer(fin, fout, cfg, served, device, dtype)], x, device)
     l2 = torch.cuda.get_device_properties(device).L2_cache_size
     copies = max(1, min(MAX_COPIES, math.ceil(2 * l2 / layer_bytes(fin, fout, cfg, dtype))))
     layers = [timing_layer(fin, fout, cfg, served, device, dtype, seed=i) for i in range(copies)]
-    if not graphed:
+    if mode == "stream":
         return _stream_seconds(layers, x)
     forward = _call
-    if served == "hqq":  # the CUDA decode engine compiles HQQ's dequantize + matmul: so here
+    if mode == "compiled" and served == "hqq":  # the engine compiles HQQ's dequantize + matmul
         torch._dynamo.reset()  # one compile per pair (copies share it), never the recompile limit
         forward = torch.compile(_call)
     try:
@@ -230,7 +250,7 @@ def _eager_seconds(layers: list[nn.Module], x: torch.Tensor, device: torch.devic
             torch.cuda.synchronize(device)
         times.append(time.perf_counter() - t)
         spent += times[-1]
-    return statistics.median(times)
+    return min(times)  # best of n: robust to other processes taking the CPU
 
 
 def _stream_seconds(layers: list[nn.Module], x: torch.Tensor) -> float:
@@ -284,7 +304,7 @@ def fp_seconds(loaded, **speed_kwargs) -> float:
 
 
 # ---- the per-device cache file -------------------------------------------------------
-def _version(package: str) -> str:
+def package_version(package: str) -> str:
     try:
         return version(package)
     except PackageNotFoundError:
@@ -314,8 +334,8 @@ class TableCache:
         self.device_name = device_name(device)
         self.key = {"format": FORMAT, "device": self.device_name,
                     "dtype": str(dtype).removeprefix("torch."), "backend": backend,
-                    "torch": torch.__version__, "hqq": _version("hqq"),
-                    "gemlite": _version("gemlite") if backend == "gemlite" else "unused"}
+                    "torch": torch.__version__, "hqq": package_version("hqq"),
+                    "gemlite": package_version("gemlite") if backend == "gemlite" else "unused"}
         self.path = None
         self.layers: dict[str, float] = {}
         self.rest: dict[str, float] = {}

@@ -89,7 +89,7 @@ def _layer_config(value: Any, where: str) -> LayerConfig | None:
     if not isinstance(value, Mapping):
         raise UserError(f"{where} must be an object like {{\"nbits\": 4, \"group_size\": 64}} "
                         "or null; fix that entry.")
-    unknown = sorted(set(value) - set(LAYER_KEYS))
+    unknown = sorted(map(str, set(value) - set(LAYER_KEYS)))
     if unknown:
         raise UserError(f"{where} has unknown key {unknown[0]!r}; only nbits and group_size "
                         "are allowed.")
@@ -163,6 +163,8 @@ class Plan:
         except json.JSONDecodeError as e:
             raise UserError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: "
                             f"{e.msg}); fix the file.")
+        except RecursionError:
+            raise UserError(f"{path}: JSON nested too deeply to be a plan; fix the file.")
         return cls.from_json(obj, str(path))
 
     def save(self, path: str | Path) -> None:

@@ -1,17 +1,20 @@
 """Honest speed: warm up, synchronize, median of repeats.
 
-LMs, batch-1 greedy decode tokens/s, by one of these engines:
+LMs, batch-1 greedy decode tokens/s, by one of these engines (all but `generate`
+use a static KV cache, transformers' StaticCache, run the prompt's prefill
+eagerly and time only the decode steps, between torch.cuda.synchronize calls):
 
-- `compiled` (CUDA default): a static KV cache (transformers StaticCache) and the
-  one-token decode step under torch.compile(mode="reduce-overhead"), i.e. CUDA
-  graphs; the prompt's prefill runs eagerly and is not timed, only the decode
-  steps are (between torch.cuda.synchronize calls).
-- `static`: the same loop without torch.compile (the CUDA fallback when compiling
-  fails; the fallback and its reason are reported).
+- `graphs` (CUDA default): the one-token decode step captured once as a CUDA graph
+  and replayed (no per-kernel launch cost, no compile time).
+- `compiled`: the decode step under torch.compile(mode="reduce-overhead"), i.e.
+  fused kernels + CUDA graphs; about a minute of compiling per plan on a 1B model.
+- `static`: the same loop, eager.
 - `generate` (CPU default): `model.generate`, measured as (N-1) / (t(N new tokens)
   - t(1 new token)) so the prefill is not counted.
 
-ViTs: images/s at batch 1 (and 256 on a GPU).
+An engine that fails falls back along compiled -> graphs -> static -> generate; the
+engine used and the reason for any fallback are reported. ViTs: images/s at batch
+1 (and 256 on a GPU), eager.
 """
 
 from __future__ import annotations
@@ -68,9 +71,10 @@ def generate_decode(loaded, new_tokens: int, repeats: int) -> float:
 
 
 class StaticDecoder:
-    """Greedy batch-1 decode with a StaticCache; the decode step optionally compiled."""
+    """Greedy batch-1 decode with a StaticCache; `mode` runs the decode step
+    "eager", "compiled" (torch.compile, reduce-overhead) or as a captured CUDA "graph"."""
 
-    def __init__(self, loaded, new_tokens: int, compile: bool):
+    def __init__(self, loaded, new_tokens: int, mode: str = "eager"):
         from transformers import StaticCache
 
         self.model, self.device = loaded.model, loaded.device
@@ -78,54 +82,80 @@ class StaticDecoder:
         self.new_tokens = new_tokens
         self.cache = StaticCache(config=self.model.config,
                                  max_cache_len=self.ids.shape[1] + new_tokens)
-        step = self._step
-        if compile:
+        self.mode = mode
+        self.step = self._step
+        if mode == "compiled":
             torch._dynamo.reset()  # a new plan means new modules: compile afresh
-            step = torch.compile(step, mode="reduce-overhead", fullgraph=False)
-        self.step = step
+            self.step = torch.compile(self._step, mode="reduce-overhead", fullgraph=False)
+        self.graph = None
 
     def _step(self, tok: torch.Tensor) -> torch.Tensor:
         out = self.model(input_ids=tok, past_key_values=self.cache, use_cache=True)
         return out.logits[:, -1:].argmax(-1)
 
+    def _capture(self, tok: torch.Tensor) -> None:
+        """Record one decode step (it reads its position from the cache's tensors)."""
+        self.tok_in = tok.clone()
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            self._step(self.tok_in)  # warm-up: lazy init, kernel autotuning
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.tok_out = self._step(self.tok_in)  # recorded, not run: the cache is unchanged
+
+    def _replay(self, tok: torch.Tensor) -> torch.Tensor:
+        self.tok_in.copy_(tok)
+        self.graph.replay()
+        return self.tok_out
+
+    def _prefill(self) -> torch.Tensor:
+        self.cache.reset()  # in place: a captured graph keeps pointing at the same tensors
+        out = self.model(input_ids=self.ids, past_key_values=self.cache, use_cache=True)
+        return out.logits[:, -1:].argmax(-1)
+
     @torch.inference_mode()
     def run(self) -> tuple[float, torch.Tensor]:
         """(seconds for the new_tokens - 1 decode steps, all new token ids)."""
-        self.cache.reset()
-        out = self.model(input_ids=self.ids, past_key_values=self.cache, use_cache=True)
-        tokens = [out.logits[:, -1:].argmax(-1)]
+        if self.mode == "graph" and self.graph is None:
+            self._capture(self._prefill())
+            self.step = self._replay
+        tokens = [self._prefill()]
         _sync(self.device)
         t = time.perf_counter()
         for _ in range(self.new_tokens - 1):
-            tokens.append(self.step(tokens[-1]).clone())  # clone: CUDA graph outputs are reused
+            tokens.append(self.step(tokens[-1]).clone())  # clone: graph outputs are reused
         _sync(self.device)
         return time.perf_counter() - t, torch.cat(tokens, dim=1)
 
 
-def static_decode(loaded, new_tokens: int, repeats: int, compile: bool) -> float:
-    dec = StaticDecoder(loaded, new_tokens, compile)
-    for _ in range(3 if compile else 1):  # compile, record the CUDA graph, replay once
+def static_decode(loaded, new_tokens: int, repeats: int, mode: str) -> float:
+    dec = StaticDecoder(loaded, new_tokens, mode)
+    for _ in range(3 if mode == "compiled" else 1):  # compile, record, replay once
         dec.run()
     seconds = statistics.median(dec.run()[0] for _ in range(repeats))
     return (new_tokens - 1) / max(seconds, 1e-9)
 
 
 ENGINES = {
-    "compiled": lambda loaded, n, r: static_decode(loaded, n, r, compile=True),
-    "static": lambda loaded, n, r: static_decode(loaded, n, r, compile=False),
+    "compiled": lambda loaded, n, r: static_decode(loaded, n, r, "compiled"),
+    "graphs": lambda loaded, n, r: static_decode(loaded, n, r, "graph"),
+    "static": lambda loaded, n, r: static_decode(loaded, n, r, "eager"),
     "generate": generate_decode,
 }
-FALLBACK = {"compiled": "static", "static": "generate"}
+FALLBACK = {"compiled": "graphs", "graphs": "static", "static": "generate"}
 
 
 def default_engine(device: torch.device) -> str:
-    return "compiled" if device.type == "cuda" else "generate"
+    return "graphs" if device.type == "cuda" else "generate"
 
 
 @torch.inference_mode()
 def lm_decode(loaded, new_tokens: int | None = None, repeats: int | None = None,
               engine: str | None = None) -> dict:
-    """tokens/s of batch-1 greedy decode; falls back compiled -> static -> generate."""
+    """tokens/s of batch-1 greedy decode (engine: see ENGINES; None = the device's
+    default), falling back along FALLBACK when an engine fails."""
     device = loaded.device
     cuda = device.type == "cuda"
     new_tokens = new_tokens or (128 if cuda else 32)
@@ -139,7 +169,8 @@ def lm_decode(loaded, new_tokens: int | None = None, repeats: int | None = None,
         except Exception as e:  # noqa: BLE001  (any failure: report it, use the next engine)
             if engine not in FALLBACK:
                 raise
-            tried[engine] = f"{e.__class__.__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+            first = str(e).splitlines()[0][:200] if str(e) else ""
+            tried[engine] = f"{e.__class__.__name__}: {first}"
             engine = FALLBACK[engine]
     out = {"tokens_per_s": tps, "speed_engine": engine,
            "speed_protocol": f"batch 1, greedy, prompt {prompt_ids(loaded).shape[1]} tokens, "

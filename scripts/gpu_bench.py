@@ -1,25 +1,28 @@
 #!/usr/bin/env python
 """GPU benchmark: one command on a CUDA machine writes results/gpu/summary.json.
 
-    .venv/bin/python scripts/gpu_bench.py                 # on the GPU box (about 15-25 min)
+    .venv/bin/python scripts/gpu_bench.py                 # on the GPU box
     .venv/bin/python scripts/gpu_bench.py --tiny --out /tmp/bench   # anywhere, seconds
 
 It builds the Llama-3.2-1B-Instruct architecture (its public config below; random
 weights are valid for speed and size) and DeiT-S, and measures, with every
 available serving backend (gemlite needs CUDA and the gemlite package; hqq always):
 
-- LM: batch-1 greedy decode tokens/s (static KV cache + torch.compile/CUDA graphs on
-  GPU, see autoq/speed.py) for the unquantized model, uniform 8/4/2-bit (and 3-bit,
-  which gemlite cannot serve: it shows the per-layer fallback) and mixed plans (one
-  with lm_head quantized); next to each, the latency model's prediction
-  (autoq/latency.py) and its relative error.
-- ViT: images/s at batch 1 and 256 (8 with --tiny).
-- `autoq search` of 100 trials on the same architecture and the WikiText-2 file,
-  timed (skipped with --tiny or when the file or a tokenizer is missing).
+- lm: batch-1 greedy decode tokens/s (static KV cache + CUDA graphs on GPU, see
+  autoq/speed.py; --engine compiled adds torch.compile) for the unquantized model,
+  uniform 8/4/2-bit (and 3-bit, which gemlite cannot serve: the per-layer fallback)
+  and mixed plans (one with lm_head quantized); next to each, the latency model's
+  prediction (autoq/latency.py) and its relative error.
+- vit: images/s at batch 1 and 256 (8 with --tiny).
+- search: `autoq search` of 100 trials on the same architecture and the WikiText-2
+  file, timed (skipped with --tiny).
 
-Outputs in --out: summary.json, plans.json, plans.md (the per-plan table), the
-latency caches, and search/ (the study). --tiny uses tiny configs so the whole
-script runs on a CPU in seconds (tests/test_latency.py runs it that way).
+Each part writes its own file in --out (lm.json, vit.json, search.json); a re-run
+skips finished parts and resumes the search (a machine that limits one command to
+10 minutes: `--search-timeout 500` and run it again until search.json says
+100 trials), then writes summary.json, plans.json and plans.md (the per-plan table).
+--tiny uses tiny configs so the whole script runs on a CPU in seconds
+(tests/test_latency.py runs it that way).
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 from autoq import speed  # noqa: E402
 from autoq.backends import BACKENDS, gemlite_installed, prepare_  # noqa: E402
 from autoq.io import write_atomic, write_json  # noqa: E402
-from autoq.latency import LatencyModel, device_name  # noqa: E402
+from autoq.latency import LatencyModel, device_name, package_version  # noqa: E402
 from autoq.models import LoadedModel  # noqa: E402
 from autoq.plan import LayerConfig  # noqa: E402
 from autoq.quantize import LayerCache, quantize_  # noqa: E402
@@ -64,6 +67,7 @@ DEIT = "deit_small_patch16_224"
 DEIT_TINY = dict(depth=2, embed_dim=64, num_heads=2, img_size=32, patch_size=8)
 WIKITEXT = ROOT.parent / "shared/data/wikitext-2-raw/wiki.test.raw"
 BPW_LIMIT = 4.5
+PARTS = ("lm", "vit", "search")
 GOALS = {"tokens_per_s": 1500, "speedup": 2.5, "latency_error": 0.10, "search_minutes": 30}
 
 
@@ -199,37 +203,73 @@ def run_plans(loaded: LoadedModel, plans: dict, backends: list[str], cache_dir: 
     return rows
 
 
-def time_search(loaded: LoadedModel, out: Path, trials: int, data: Path, say) -> tuple:
-    """(minutes, note) of `autoq search` for `trials` trials on this architecture."""
+SEARCH_STUDY = "gpu-bench"
+
+
+def finished_trials(storage: str) -> int:
+    import optuna
+
+    try:
+        study = optuna.load_study(study_name=SEARCH_STUDY, storage=storage)
+    except KeyError:  # no such study yet
+        return 0
+    done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    return sum(t.state in done for t in study.get_trials(deepcopy=False))
+
+
+def time_search(out: Path, trials: int, data: Path, timeout: float | None, tiny: bool,
+                engine_device, dtype, say) -> dict:
+    """Run (or resume) `autoq search` for `trials` trials on the Llama architecture and
+    add its wall time to search.json; minutes is set once all trials are finished."""
     from autoq.cli import app
 
+    state_path = out / "search.json"
+    state = json.loads(state_path.read_text()) if state_path.exists() else \
+        {"seconds": 0.0, "runs": 0, "finished": 0, "trials": trials}
     if "search" not in {c.name or c.callback.__name__ for c in app.registered_commands}:
-        return None, "this autoq has no `search` command yet"
+        return {**state, "minutes": None, "note": "this autoq has no `search` command yet"}
     if not data.exists():
-        return None, f"WikiText-2 file {data} is missing (pass --data)"
-    try:
-        from autoq.models.hf import smollm2_gguf
-        from transformers import AutoTokenizer
-
-        gguf = smollm2_gguf()  # offline tokenizer; its ids (< 49152) fit the 128256 vocab
-        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    except Exception as e:  # noqa: BLE001
-        return None, f"no offline tokenizer for the search ({e.__class__.__name__}: {e})"
+        return {**state, "minutes": None, "note": f"WikiText-2 file {data} is missing (--data)"}
     folder = out / "llama-3.2-1b-arch"
-    loaded.model.save_pretrained(folder)
-    tok.save_pretrained(folder)
-    cmd = [sys.executable, "-m", "autoq.cli", "search", "--model", f"hf:{folder}",
-           "--data", str(data), "--trials", str(trials), "--target-ppl", "1e12",
-           "--speed", "predicted", "--out", str(out / "search"), "--quiet"]
-    say("timing: " + " ".join(cmd))
-    t = time.perf_counter()
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    minutes = (time.perf_counter() - t) / 60
-    if done.returncode != 0:
-        return None, f"autoq search failed (exit {done.returncode}): {done.stderr[-500:]}"
-    return minutes, (f"{trials} trials, random-weight Llama-3.2-1B architecture, SmolLM2 "
-                     f"tokenizer, {data.name}, --speed predicted, target ppl 1e12 (every "
-                     f"trial feasible)")
+    if not (folder / "config.json").exists():
+        try:
+            from transformers import AutoTokenizer
+
+            from autoq.models.hf import smollm2_gguf
+
+            gguf = smollm2_gguf()  # offline tokenizer; its ids (< 49152) fit the vocabulary
+            tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        except Exception as e:  # noqa: BLE001
+            return {**state, "minutes": None,
+                    "note": f"no offline tokenizer for the search ({e.__class__.__name__})"}
+        llama = build_llama(tiny, engine_device, dtype)
+        llama.model.save_pretrained(folder)
+        tok.save_pretrained(folder)
+        del llama
+    storage = f"sqlite:///{(out / 'search' / 'study.db').resolve()}"
+    (out / "search").mkdir(parents=True, exist_ok=True)
+    if state["finished"] < trials:
+        cmd = [sys.executable, "-m", "autoq.cli", "search", "--model", f"hf:{folder}",
+               "--data", str(data), "--trials", str(trials), "--target-ppl", "1e12",
+               "--speed", "predicted", "--out", str(out / "search"), "--study", SEARCH_STUDY,
+               "--storage", storage, "--quiet"] + (["--timeout", str(timeout)] if timeout else [])
+        say("timing: " + " ".join(cmd))
+        t = time.perf_counter()
+        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        state["seconds"] += time.perf_counter() - t
+        state["runs"] += 1
+        state["finished"] = finished_trials(storage)
+        write_json(state_path, state)
+        if done.returncode != 0:
+            return {**state, "minutes": None, "note": f"autoq search failed (exit "
+                    f"{done.returncode}): {done.stderr.strip()[-400:]}"}
+    finished = state["finished"] >= trials
+    note = (f"{state['finished']} of {trials} trials in {state['runs']} run(s) (each run "
+            "reloads the model), random-weight Llama-3.2-1B architecture, SmolLM2 tokenizer, "
+            f"{data.name}, --speed predicted, target ppl 1e12 (every trial feasible)")
+    if not finished:
+        note += "; re-run the bench to continue"
+    return {**state, "minutes": state["seconds"] / 60 if finished else None, "note": note}
 
 
 # ---- report ---------------------------------------------------------------------------
@@ -250,31 +290,33 @@ def markdown(rows: list[dict]) -> str:
     return head + "\n".join(lines) + "\n"
 
 
-def summarize(rows: list[dict], device: str, tiny: bool, search: tuple) -> dict:
+def summarize(rows: list[dict], device: str, dtype: torch.dtype, tiny: bool,
+              search: dict) -> dict:
     lm = [r for r in rows if "tokens_per_s" in r]
+    out = {"device": device, "tiny": tiny, "unquantized_dtype": str(dtype).removeprefix("torch."),
+           "search_100_trials_minutes": search.get("minutes"), "search_note": search.get("note")}
+    if not lm:
+        return out
     fp = max((r for r in lm if r["plan"] == "fp"), key=lambda r: r["tokens_per_s"])
     small = [r for r in lm if r["plan"] != "fp" and r["bits_per_weight"] <= BPW_LIMIT]
     best = max(small, key=lambda r: r["tokens_per_s"])
     worst = max(lm, key=lambda r: r["predicted_error"])
-    out = {"device": device, "tiny": tiny,
-           "fp16_tokens_per_s": fp["tokens_per_s"],
-           "quantized_tokens_per_s": best["tokens_per_s"],
-           "quantized_bits_per_weight": best["bits_per_weight"],
-           "quantized_plan": best["plan"], "quantized_backend": best["backend"],
-           "speedup_vs_fp16": best["tokens_per_s"] / fp["tokens_per_s"],
-           "predicted_vs_measured_error": worst["predicted_error"],
-           "predicted_vs_measured_worst": f"{worst['plan']} / {worst['backend']}",
-           "predicted_vs_measured_plans": len(lm),
-           "search_100_trials_minutes": search[0], "search_note": search[1],
-           "unquantized_dtype": "fp16" if "cuda" in device.lower() or not tiny else "fp32",
-           "protocol": fp.get("speed_protocol", "")}
+    out.update({"fp16_tokens_per_s": fp["tokens_per_s"],
+                "quantized_tokens_per_s": best["tokens_per_s"],
+                "quantized_bits_per_weight": best["bits_per_weight"],
+                "quantized_plan": best["plan"], "quantized_backend": best["backend"],
+                "speedup_vs_fp16": best["tokens_per_s"] / fp["tokens_per_s"],
+                "achieved_gb_per_s": best["achieved_gb_per_s"],
+                "predicted_vs_measured_error": worst["predicted_error"],
+                "predicted_vs_measured_worst": f"{worst['plan']} / {worst['backend']}",
+                "predicted_vs_measured_plans": len(lm), "protocol": fp["speed_protocol"]})
     if not tiny:
+        minutes = search.get("minutes")
         out["goals"] = {
             "tokens_per_s >= 1500": best["tokens_per_s"] >= GOALS["tokens_per_s"],
             "speedup >= 2.5": out["speedup_vs_fp16"] >= GOALS["speedup"],
             "latency model within 10%": worst["predicted_error"] <= GOALS["latency_error"],
-            "100 trials <= 30 min": search[0] is not None
-            and search[0] <= GOALS["search_minutes"]}
+            "100 trials <= 30 min": minutes is not None and minutes <= GOALS["search_minutes"]}
     return out
 
 
@@ -282,8 +324,16 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tiny", action="store_true", help="tiny configs (CPU smoke test)")
     ap.add_argument("--out", type=Path, default=ROOT / "results/gpu")
+    ap.add_argument("--part", choices=("all", *PARTS), default="all",
+                    help="what to run; a part whose results are in --out is skipped "
+                         "(the search resumes) unless --fresh")
+    ap.add_argument("--fresh", action="store_true", help="measure again what --out holds")
+    ap.add_argument("--engine", choices=sorted(speed.ENGINES), default=None,
+                    help="LM decode engine (default: graphs on CUDA, generate on CPU)")
     ap.add_argument("--data", type=Path, default=WIKITEXT, help="wiki.test.raw for the search")
     ap.add_argument("--search-trials", type=int, default=100, help="0 skips the search timing")
+    ap.add_argument("--search-timeout", type=float, default=None,
+                    help="stop starting search trials after SEC seconds (re-run to continue)")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
     say = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
@@ -297,24 +347,43 @@ def main(argv=None) -> int:
         + (f" (skipped: {skipped})" if skipped else ""))
     args.out.mkdir(parents=True, exist_ok=True)
     cache_dir = args.out / "cache"
+    parts = PARTS if args.part == "all" else (args.part,)
+    lm_speed = {"new_tokens": 8, "repeats": 2} if args.tiny else {}
+    if args.engine:
+        lm_speed["engine"] = args.engine
 
-    llama = build_llama(args.tiny, device, dtype)
-    lm_speed = {"new_tokens": 8, "repeats": 2} if args.tiny else {}  # else the GPU default
-    rows = run_plans(llama, LM_PLANS, backends, cache_dir, (), lm_speed, say)
-    search = (None, "skipped with --tiny") if args.tiny else \
-        (None, "skipped (--search-trials 0)") if args.search_trials <= 0 else \
-        time_search(llama, args.out, args.search_trials, args.data, say)
-    del llama
-    if cuda:
-        torch.cuda.empty_cache()
-    deit = build_deit(args.tiny, device, dtype)
-    rows += run_plans(deit, VIT_PLANS, backends, cache_dir, (1, 8) if args.tiny else (1, 256),
-                      {}, say)
+    for part in ("lm", "vit"):
+        path = args.out / f"{part}.json"
+        if part not in parts or (path.exists() and not args.fresh):
+            continue
+        build, plans = (build_llama, LM_PLANS) if part == "lm" else (build_deit, VIT_PLANS)
+        loaded = build(args.tiny, device, dtype)
+        batches = () if part == "lm" else (1, 8) if args.tiny else (1, 256)
+        rows = run_plans(loaded, plans, backends, cache_dir, batches,
+                         lm_speed if part == "lm" else {}, say)
+        write_json(path, rows)
+        del loaded
+        if cuda:
+            torch.cuda.empty_cache()
+    search = {"minutes": None, "note": "skipped with --tiny"} if args.tiny else \
+        {"minutes": None, "note": "skipped (--search-trials 0)"} if args.search_trials <= 0 \
+        else {"minutes": None, "note": "not run yet (--part search)"}
+    if "search" in parts and not args.tiny and args.search_trials > 0:
+        if args.fresh:
+            (args.out / "search.json").unlink(missing_ok=True)
+        search = time_search(args.out, args.search_trials, args.data, args.search_timeout,
+                             args.tiny, device, dtype, say)
+    elif (args.out / "search.json").exists():
+        state = json.loads((args.out / "search.json").read_text())
+        done = state["finished"] >= state["trials"]
+        search = {"minutes": state["seconds"] / 60 if done else None,
+                  "note": f"{state['finished']} of {state['trials']} trials so far"}
 
-    summary = summarize(rows, device_name(device), args.tiny, search)
-    summary["backends"] = backends
-    summary["skipped_backends"] = skipped
-    summary["versions"] = {"torch": torch.__version__}
+    rows = [r for part in ("lm", "vit") if (args.out / f"{part}.json").exists()
+            for r in json.loads((args.out / f"{part}.json").read_text())]
+    summary = summarize(rows, device_name(device), dtype, args.tiny, search)
+    summary.update(backends=backends, skipped_backends=skipped,
+                   versions={p: package_version(p) for p in ("torch", "transformers", "hqq", "gemlite")})
     write_json(args.out / "plans.json", rows)
     write_atomic(args.out / "plans.md", markdown(rows))
     write_json(args.out / "summary.json", summary)

@@ -132,10 +132,21 @@ def test_for_model_vit_uses_image_tokens(tiny_vit_checkpoint, monkeypatch):
     tokens = loaded.model.patch_embed.num_patches + loaded.model.num_prefix_tokens
     assert latency.serving_lead(loaded) == (1, tokens)
     monkeypatch.setattr(latency, "bench_layer", lambda fin, fout, cfg, served, d, t, lead,
-                        graphed: 1e-4 * lead[1] * (not graphed))  # ViTs run eagerly
+                        mode: 1e-4 * lead[1] * (mode == "eager"))
     lat = LatencyModel.for_model(loaded, [LayerConfig(4, 32)], "hqq", None)
     assert lat.unit == "image" and lat.info["cache_file"] == ""
     assert lat.predict({}) >= len(lat.shapes) * 1e-4 * tokens
+
+
+def test_timing_mode_follows_the_speed_engine():
+    def fake(kind, device):
+        return LoadedModel("x", kind, nn.Identity(), torch.device(device), torch.float16)
+
+    assert latency.timing_mode(fake("lm", "cpu")) == "eager"
+    assert latency.timing_mode(fake("lm", "cuda")) == "graph"  # the CUDA default: graphs
+    assert latency.timing_mode(fake("lm", "cuda"), {"engine": "compiled"}) == "compiled"
+    assert latency.timing_mode(fake("lm", "cuda"), {"engine": "static"}) == "stream"
+    assert latency.timing_mode(fake("vit", "cuda")) == "stream"
 
 
 # ---- decode engines ----------------------------------------------------------------
@@ -155,7 +166,7 @@ def test_static_decoder_matches_generate():
     loaded = lively_lm()
     quantize_(loaded.model, {n: LayerConfig(4, 32) for n in loaded.shapes()}, device=CPU,
               dtype=torch.float32)
-    _, tokens = speed.StaticDecoder(loaded, 10, compile=False).run()
+    _, tokens = speed.StaticDecoder(loaded, 10, "eager").run()
     ids = speed.prompt_ids(loaded)
     with torch.inference_mode():
         ref = loaded.model.generate(ids, max_new_tokens=10, min_new_tokens=10, do_sample=False,
@@ -171,7 +182,9 @@ def test_lm_decode_falls_back_and_says_why(monkeypatch):
     monkeypatch.setitem(speed.ENGINES, "compiled", broken)
     out = speed.lm_decode(lively_lm(), new_tokens=4, repeats=1, engine="compiled")
     assert out["speed_engine"] == "static" and out["tokens_per_s"] > 0
-    assert out["speed_engine_fallback"] == {"compiled": "RuntimeError: inductor is not available"}
+    reasons = out["speed_engine_fallback"]
+    assert reasons["compiled"] == "RuntimeError: inductor is not available"
+    assert list(reasons) == ["compiled", "graphs"]  # CUDA graphs need CUDA: next engine
     assert "engine static" in out["speed_protocol"]
 
 
@@ -209,3 +222,8 @@ def test_gpu_bench_tiny_runs_on_cpu(tmp_path):
     md = (tmp_path / "plans.md").read_text()
     assert md.count("\n") == 2 + len(rows)
     assert s["backends"] == ["hqq"] and "gemlite" in s["skipped_backends"]
+
+    # a re-run skips the parts already measured and rebuilds the same summary
+    bench.run_plans = lambda *a, **k: pytest.fail("measured again")
+    assert bench.main(["--tiny", "--out", str(tmp_path), "--quiet"]) == 0
+    assert json.loads((tmp_path / "summary.json").read_text()) == s

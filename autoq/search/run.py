@@ -110,6 +110,7 @@ class Search:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.study = self._open_study()
         self.latency = None
+        self.prune_at: float | None = None
 
     # ---- setup ----------------------------------------------------------------------
     def _allowed(self):
@@ -130,8 +131,7 @@ class Search:
     def _open_study(self) -> optuna.Study:
         storage = self.storage
         pop = max(4, min(16, self._n_seeds()))
-        sampler = optuna.samplers.NSGAIISampler(population_size=pop, seed=self.s.seed,
-                                                constraints_func=_constraints)
+        sampler = optuna.samplers.NSGAIISampler(population_size=pop, seed=self.s.seed)
         senses = ["minimize", "maximize" if self.task.higher_is_better else "minimize"]
         try:
             study = optuna.create_study(storage=storage, study_name=self.name, sampler=sampler,
@@ -162,13 +162,14 @@ class Search:
             return False
         return self.s.max_size_mib is None or metrics["size_mib"] <= self.s.max_size_mib
 
-    def constraints(self, metrics: dict) -> list[float]:
+    def constrain(self, trial: optuna.Trial, metrics: dict) -> None:
+        """Optuna constraints (feasible when <= 0): the quality target, the size cap."""
         v = metrics.get(self.metric, math.inf)
         v = v if math.isfinite(v) else (-1e9 if self.task.higher_is_better else 1e9)
-        c = [self.s.target - v if self.task.higher_is_better else v - self.s.target]
-        if self.s.max_size_mib is not None:
-            c.append(metrics.get("size_mib", math.inf) - self.s.max_size_mib)
-        return c
+        trial.set_constraint("quality", self.s.target - v if self.task.higher_is_better
+                             else v - self.s.target)
+        if self.s.max_size_mib is not None and "size_mib" in metrics:
+            trial.set_constraint("size", metrics["size_mib"] - self.s.max_size_mib)
 
     # ---- plans --------------------------------------------------------------------
     def resolved(self, labels: dict[str, str]) -> dict[str, LayerConfig | None]:
@@ -276,6 +277,7 @@ class Search:
     def objective(self, trial: optuna.Trial):
         """One trial under a heartbeat. What raises is recorded as the trial's
         fail_reason (optuna marks it FAIL); Ctrl-C re-enqueues the config first."""
+        self._trial_id = trial._trial_id
         with store.heartbeat(self.storage, trial._trial_id, self.beat_s):
             try:
                 return self._evaluate(trial)
@@ -283,12 +285,11 @@ class Search:
                 raise
             except KeyboardInterrupt:
                 store.requeue(self.study, self.storage.get_trial(trial._trial_id))
-                trial.set_user_attr("fail_reason", "interrupted (Ctrl-C); re-enqueued")
+                note(trial, "fail_reason", "interrupted (Ctrl-C); its config is enqueued again")
                 raise
             except Exception as e:
                 text = str(e).strip().splitlines()
-                trial.set_user_attr("fail_reason",
-                                    f"{e.__class__.__name__}: {text[0][:300] if text else ''}")
+                note(trial, "fail_reason", f"{e.__class__.__name__}: {text[0][:300] if text else ''}")
                 raise
 
     def _evaluate(self, trial: optuna.Trial):
@@ -305,13 +306,13 @@ class Search:
         else:
             def on_partial(fraction, value):
                 partial = {self.metric: value, "fraction": fraction}
-                trial.set_user_attr("constraints", self.constraints(partial))
-                if self.s.prune and not self.task.meets(value, self._prune_at()):
+                if self.prune_at is not None and not self.task.meets(value, self.prune_at):
+                    self.constrain(trial, partial)
                     trial.set_user_attr("metrics", partial)
                     trial.set_user_attr("pruned_at", fraction)
                     raise optuna.TrialPruned(f"{self.metric} {value:.4g} after {fraction:.0%}")
 
-            chunks = self.task.spec.get("prune_chunks", 4) if self.s.prune else 1
+            chunks = self.task.spec.get("prune_chunks", 4) if self.prune_at is not None else 1
             metrics = self.ev.run(resolved, speed=self.s.speed == "measured", chunks=chunks,
                                   on_partial=on_partial)
             self._add_speed(metrics, resolved)
@@ -319,10 +320,20 @@ class Search:
         if not math.isfinite(metrics[self.metric]):
             raise FloatingPointError(f"{self.metric} is {metrics[self.metric]} (numerical "
                                      "overflow in the quantized model)")
-        trial.set_user_attr("constraints", self.constraints(metrics))
+        self.constrain(trial, metrics)
         return metrics["size_mib"], metrics[self.metric]
 
-    def _prune_at(self) -> float:
+    def pruning_threshold(self, baselines: dict) -> float | None:
+        """Prune a trial whose running metric is this much worse than the target, but
+        only when the target is reachable at all (the unquantized model meets it)."""
+        if not self.s.prune:
+            return None
+        fp = baselines.get("fp", {}).get(self.metric)
+        if fp is not None and not self.task.meets(fp, self.s.target):
+            self.say(f"the unquantized model has {self.metric} {fp:.4g}, which misses the "
+                     f"target {self.s.target:g}: no config can meet it; mapping the trade-off "
+                     "without pruning")
+            return None
         m = PRUNE_MARGIN[self.metric]
         return self.s.target * m if self.metric == "ppl" else self.s.target + m
 
@@ -348,6 +359,7 @@ class Search:
 
     def run(self) -> Outcome:
         base = self.baselines()
+        self.prune_at = self.pruning_threshold(base)
         sens = self.sensitivity()
         self.enqueue_seeds(base, sens)
         start, fails, storage_errors, durations = time.time(), 0, 0, []
@@ -362,14 +374,11 @@ class Search:
                 if not has_room(self.study, self.s.trials):
                     time.sleep(min(2.0, self.beat_s))  # other workers' trials may finish
                     continue
-                t0, ran = time.time(), []
+                t0 = time.time()
                 try:
-                    self.study.optimize(self.objective, n_trials=1, catch=(Exception,),
-                                        callbacks=[lambda st, tr: ran.append(tr)])
+                    last = self._run_one()
                     storage_errors = 0
-                except (optuna.exceptions.StorageInternalError,
-                        optuna.exceptions.UpdateFinishedTrialError) as e:
-                    # a busy or dropped database, or our trial was failed as stale: go on
+                except optuna.exceptions.StorageInternalError as e:  # busy or dropped database
                     storage_errors += 1
                     if storage_errors >= MAX_FAILS_IN_A_ROW:
                         raise UserError(f"--storage {self.storage_url} failed {storage_errors} "
@@ -379,9 +388,8 @@ class Search:
                     time.sleep(1.0)
                     continue
                 self.write_trials()
-                if not ran:
+                if last is None:
                     continue
-                last = ran[-1]
                 fails = fails + 1 if last.state == TrialState.FAIL and \
                     not last.user_attrs.get("surplus") else 0
                 if fails >= MAX_FAILS_IN_A_ROW:
@@ -393,6 +401,23 @@ class Search:
         finally:
             self.write_trials()
         return self.finalize()
+
+    def _run_one(self) -> optuna.trial.FrozenTrial | None:
+        """One trial; None if another worker failed it as stale meanwhile (this
+        worker looked dead: no heartbeat for GRACE_S) and so enqueued it again."""
+        ran, self._trial_id = [], None
+        try:
+            self.study.optimize(self.objective, n_trials=1, catch=(Exception,),
+                                callbacks=[lambda st, tr: ran.append(tr)])
+        except Exception:
+            if self._trial_id is None or \
+                    self.storage.get_trial(self._trial_id).state != TrialState.FAIL:
+                raise
+            self.say(f"another worker took this worker's trial for a dead one (no heartbeat "
+                     f"for {self.grace_s:g} s; raise AUTOQ_GRACE_S on a busy machine); its "
+                     "config runs again")
+            return None
+        return ran[-1] if ran else None
 
     def progress(self, durations: list[float], last: optuna.trial.FrozenTrial) -> None:
         done = self.finished()
@@ -488,6 +513,14 @@ class Search:
         return {**metrics, **measured}
 
 
+def note(trial: optuna.Trial, key: str, value) -> None:
+    """Set a user attr unless another worker already failed the trial as stale."""
+    try:
+        trial.set_user_attr(key, value)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        pass
+
+
 def option_label_json(v) -> str:
     return KEEP if v is None else LayerConfig(v["nbits"], v["group_size"]).label
 
@@ -496,10 +529,6 @@ def torch_bits(dtype) -> float:
     import torch
 
     return torch.finfo(dtype).bits
-
-
-def _constraints(trial: optuna.trial.FrozenTrial) -> list[float]:
-    return trial.user_attrs.get("constraints", [1e9])
 
 
 def budget_ok(study: optuna.Study, trial: optuna.Trial, total: int) -> None:

@@ -74,7 +74,7 @@ def _block_filter(spec, where: str) -> Callable[[int | None, int], bool]:
         return lambda b, n: b is not None and b == n - 1
     if spec == "middle":
         return lambda b, n: b is not None and 0 < b < n - 1
-    if spec in QUARTERS:
+    if isinstance(spec, str) and spec in QUARTERS:
         q = QUARTERS[spec]
         return lambda b, n: b is not None and (b * 4) // max(n, 1) == q
     m = re.fullmatch(r"(\d+)-(\d+)", str(spec))
@@ -151,7 +151,7 @@ class Space:
                 continue
             units = [[n] for n in layers] if g.per_layer else [layers]
             for unit in units:
-                ok = tuple(o for o in (g.options or self.options)
+                ok = tuple(o for o in dict.fromkeys(g.options or self.options)  # no repeats
                            if o is None or all(o.problem(*shapes[n]) is None
                                                and allowed(o, *shapes[n]) for n in unit))
                 if not ok:
@@ -180,6 +180,8 @@ def load_space(path_or_name: str | Path) -> Space:
         raise UserError(f"{src}: cannot read it ({e.__class__.__name__}).")
     except yaml.YAMLError as e:
         raise UserError(f"{src}: not valid YAML ({str(e).splitlines()[0]}); fix the file.")
+    except RecursionError:
+        raise UserError(f"{src}: YAML nested too deeply to be a search space; fix the file.")
     return parse_space(obj, src)
 
 

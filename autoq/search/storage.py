@@ -64,7 +64,7 @@ def timing() -> tuple[float, float]:
 
 def check_url(url: str) -> None:
     """Reject what cannot be a storage URL before anything is loaded or written."""
-    if not url.startswith(SCHEMES) or url.rstrip("/") in {s.rstrip("/:+") for s in SCHEMES}:
+    if not url.startswith(SCHEMES) or url in SCHEMES:
         raise UserError(f"--storage {url!r} is not a storage URL; use sqlite:///path.db, "
                         "postgresql://user:pass@host/db or journal:///path.log.")
 
@@ -131,6 +131,16 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
     return storage
 
 
+def driver_url(url: str) -> str:
+    """`postgresql://` means psycopg 3 to SQLAlchemy 2.1; use psycopg2 when only it is there."""
+    import importlib.util
+
+    if url.startswith("postgresql://") and importlib.util.find_spec("psycopg") is None \
+            and importlib.util.find_spec("psycopg2") is not None:
+        return "postgresql+psycopg2://" + url.removeprefix("postgresql://")
+    return url
+
+
 def _rdb(url: str) -> optuna.storages.RDBStorage:
     import sqlalchemy.exc
 
@@ -142,16 +152,16 @@ def _rdb(url: str) -> optuna.storages.RDBStorage:
         engine = {"pool_pre_ping": True}
     for attempt in range(5):
         try:
-            storage = optuna.storages.RDBStorage(url, engine_kwargs=engine)
-            if url.startswith("sqlite"):
-                with storage.engine.connect() as conn:  # WAL: readers never block the writer
+            storage = optuna.storages.RDBStorage(driver_url(url), engine_kwargs=engine)
+            if url.startswith("sqlite"):  # WAL: whole after a kill mid-write, and readers
+                with storage.engine.connect() as conn:  # (autoq report) never wait
                     conn.exec_driver_sql("PRAGMA journal_mode=WAL")
             return storage
         except ImportError as e:
             raise UserError(f"--storage {url}: the database driver is missing ({e}); "
                             "install it, e.g. `pip install autoq[postgres]` for PostgreSQL.")
         except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as e:
-            if attempt == 4:  # another worker was creating the same tables: try again
+            if attempt == 4:  # (else another worker was creating the same tables: again)
                 raise UserError(f"--storage {url}: cannot set up the tables "
                                 f"({_first_line(e)}); check the database.")
             time.sleep(0.2 + random.random())

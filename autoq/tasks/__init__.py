@@ -75,10 +75,14 @@ def scores(task: Task, loaded, dataset, chunks: int = 1) -> Iterator[tuple[float
     return IMPLS[task.name].score(loaded, dataset, chunks)
 
 
+KIND_WORDS = {"lm": "a causal language model", "vit": "an image classifier (ViT)"}
+
+
 def load_data(task: Task, loaded, data: str | None, seq_len: int | None, limit: int | None):
     if loaded.kind != task.model_kind:
-        raise UserError(f"task {task.name} needs a {task.model_kind.upper()} model, but "
-                        f"{loaded.spec!r} is a {loaded.kind.upper()}; pick a matching --model.")
+        raise UserError(f"task {task.name} needs {KIND_WORDS[task.model_kind]}, but "
+                        f"{loaded.spec!r} is {KIND_WORDS[loaded.kind]}; pick a matching --model "
+                        "or --task.")
     return IMPLS[task.name].load(task, loaded, data, seq_len, limit)
 
 

@@ -1,0 +1,230 @@
+"""`autoq search`: seeding, spaces, the quality constraint, resume, and end-to-end runs
+of `--model llama` / `--model deit` with tiny random stand-ins (only the hub download
+is replaced: the registry entries load a local folder / tiny architecture instead)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from autoq.cli import app
+from autoq.errors import UserError
+from autoq.plan import LayerConfig, Plan
+from autoq.search import seed as seeding
+from autoq.search.space import parse_space
+
+runner = CliRunner()
+
+SPACE = """format: autoq.space/1
+options: [null, "8:32", "4:32", "4:64", "2:32"]
+groups:
+  - {name: attn, match: 'self_attn\\.', per_layer: true}
+  - {name: mlp, match: 'mlp\\.'}
+ignore: ['lm_head']
+baselines: ["4:32"]
+"""
+
+
+# ---- seeding (pure) -------------------------------------------------------------------
+def _toy_costs():
+    # three choices; cost falls and bits rise with precision; "c" is the most sensitive
+    costs = {p: {"2": w * 4.0, "4": w * 1.0, "8": w * 0.1} for p, w in
+             (("a", 1.0), ("b", 0.5), ("c", 3.0))}
+    bits = {p: {"2": 2.0 * n, "4": 4.0 * n, "8": 8.0 * n} for p, n in
+            (("a", 100), ("b", 100), ("c", 100))}
+    return costs, bits
+
+
+def test_seeds_span_the_whole_size_range():
+    costs, bits = _toy_costs()
+    configs = seeding.seeds(costs, bits, 4)
+    sizes = [seeding.totals(c, costs, bits)[1] for c in configs]
+    assert min(sizes) == 600 and max(sizes) == 2400          # all-2-bit .. all-8-bit
+    assert len(configs) == 4 and len({tuple(sorted(c.items())) for c in configs}) == 4
+    # along the hull, a bigger config never has a larger predicted loss
+    pts = sorted(seeding.totals(c, costs, bits)[::-1] for c in seeding.hull(costs, bits))
+    assert all(a[1] >= b[1] for a, b in zip(pts, pts[1:]))
+
+
+def test_seeds_put_precision_where_sensitivity_is():
+    costs, bits = _toy_costs()
+    mid = [c for c in seeding.hull(costs, bits) if 600 < seeding.totals(c, costs, bits)[1] < 2400]
+    assert mid and all(int(c["c"]) >= int(c["b"]) for c in mid)  # "c" upgraded before "b"
+
+
+def test_seeds_include_the_smallest_predicted_feasible_config():
+    costs, bits = _toy_costs()
+    budget = 3.0
+    configs = seeding.seeds(costs, bits, 3, max_cost=budget)
+    feasible = [c for c in seeding.hull(costs, bits) if seeding.totals(c, costs, bits)[0] <= budget]
+    edge = min(feasible, key=lambda c: seeding.totals(c, costs, bits)[1])
+    assert edge in configs
+
+
+def test_seeds_respect_a_size_cap():
+    costs, bits = _toy_costs()
+    assert all(seeding.totals(c, costs, bits)[1] <= 1500
+               for c in seeding.seeds(costs, bits, 4, max_bits=1500))
+
+
+# ---- spaces -------------------------------------------------------------------------
+SHAPES = {f"model.layers.{b}.{r}": s for b in range(4) for r, s in
+          (("self_attn.q_proj", (64, 64)), ("self_attn.o_proj", (64, 64)),
+           ("mlp.down_proj", (96, 64)))} | {"lm_head": (64, 128)}
+
+
+def test_space_binds_per_layer_and_grouped_choices():
+    space = parse_space({"format": "autoq.space/1", "options": [None, "4:32", "4:64", "8:64"],
+                         "groups": [{"name": "attn", "match": r"self_attn\.", "per_layer": True},
+                                    {"name": "down-outer", "match": "down_proj",
+                                     "blocks": ["first", "last"]},
+                                    {"name": "down-inner", "match": "down_proj"}],
+                         "ignore": ["lm_head"],
+                         "pinned": {"model.layers.0.self_attn.q_proj": "8:64"}}, "s.yaml")
+    choices, fixed = space.bind(SHAPES)
+    by = {c.param: c for c in choices}
+    assert "model.layers.0.self_attn.q_proj" not in by and \
+        fixed["model.layers.0.self_attn.q_proj"] == LayerConfig(8, 64)
+    assert len([c for c in choices if "self_attn" in c.param]) == 7  # per layer
+    assert by["down-outer"].layers == ("model.layers.0.mlp.down_proj", "model.layers.3.mlp.down_proj")
+    assert len(by["down-inner"].layers) == 2
+    # 64 does not divide in_features=96: filtered out for down_proj only
+    assert "4:64" not in by["down-inner"].labels and "4:64" in by["model.layers.1.self_attn.o_proj"].labels
+    assert fixed["lm_head"] is None
+
+
+@pytest.mark.parametrize("obj, words", [
+    ({"format": "autoq.space/1", "options": ["4:64"], "groups": [{"name": "g", "match": "("}]},
+     "regex"),
+    ({"format": "autoq.space/1", "options": ["5:64"], "groups": [{"name": "g", "match": "x"}]},
+     "nbits"),
+    ({"format": "autoq.space/1", "options": ["4:64"], "groups": [{"name": "g", "match": "x",
+                                                                  "blocks": "top"}]}, "blocks"),
+    ({"format": "autoq.space/1", "options": ["4:64"], "groups": [{"name": "g", "match": "x"}],
+      "extra": 1}, "unknown key"),
+])
+def test_space_errors_are_one_sentence(obj, words):
+    with pytest.raises(UserError, match=words):
+        parse_space(obj, "bad.yaml")
+
+
+def test_space_that_matches_nothing_is_an_error():
+    space = parse_space({"format": "autoq.space/1", "options": ["4:32"],
+                         "groups": [{"name": "g", "match": "nothing"}]}, "s.yaml")
+    with pytest.raises(UserError, match="no group matches"):
+        space.bind(SHAPES)
+
+
+# ---- end to end on tiny stand-ins ---------------------------------------------------------
+def _search(tmp_path, *args):
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE)
+    result = runner.invoke(app, ["search", "--space", str(space), "--out", str(tmp_path / "out"),
+                                 "--seq-len", "32", "--limit", "4", "--seeds", "3", "-q", *args])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def _finished(folder: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (folder / "trials.jsonl").read_text().splitlines()]
+    return [r for r in rows if r["state"] in ("COMPLETE", "PRUNED")]
+
+
+@pytest.fixture
+def llama_stand_in(monkeypatch, tiny_llama_dir):
+    import autoq.models.hf as hf
+
+    monkeypatch.setattr(hf, "LLAMA_ID", str(tiny_llama_dir))
+
+
+def test_search_llama_runs_end_to_end_and_plans_apply(tmp_path, llama_stand_in, tiny_text_file):
+    _search(tmp_path, "--model", "llama", "--target-ppl", "14", "--trials", "5", "--study", "s",
+            "--data", str(tiny_text_file))
+    folder = tmp_path / "out" / "s"
+    assert len(_finished(folder)) == 5
+    pareto = json.loads((folder / "pareto.json").read_text())
+    assert pareto["front"] and pareto["target"] == 14
+    assert not (folder / "best.json").exists()   # a random model is nowhere near ppl 14
+    baselines = json.loads((folder / "baselines.json").read_text())
+    assert {"fp", "4:32"} <= set(baselines)
+    for entry in pareto["front"]:
+        plan = Plan.load(folder / entry["plan"])
+        assert plan.metrics["size_mib"] == pytest.approx(entry["metrics"]["size_mib"])
+        out = tmp_path / f"applied-{entry['plan']}"
+        result = runner.invoke(app, ["apply", str(folder / entry["plan"]), "--out", str(out), "-q"])
+        assert result.exit_code == 0, result.output
+        assert (out / "qmodel.pt").exists()
+
+
+def test_best_json_meets_the_target_and_is_the_smallest_that_does(tmp_path, tiny_llama_dir,
+                                                                   tiny_text_file):
+    common = ["--model", f"hf:{tiny_llama_dir}", "--data", str(tiny_text_file)]
+    fp = json.loads(runner.invoke(app, ["eval", *common, "--seq-len", "32", "--limit", "4",
+                                        "--json"]).stdout)["ppl"]
+    target = fp * 1.02   # some configs meet it, the coarsest do not
+    _search(tmp_path, *common, "--target-ppl", str(target), "--trials", "8", "--study", "s",
+            "--no-prune")
+    folder = tmp_path / "out" / "s"
+    rows = _finished(folder)
+    feasible = [r for r in rows if r["feasible"]]
+    assert all(r["metrics"]["ppl"] <= target for r in feasible)
+    assert any(not r["feasible"] for r in rows) or feasible
+    if feasible:
+        best = Plan.load(folder / "best.json")
+        assert best.metrics["ppl"] <= target
+        assert best.metrics["size_mib"] == pytest.approx(min(r["metrics"]["size_mib"] for r in feasible))
+    else:
+        assert not (folder / "best.json").exists()
+
+
+def test_resume_continues_the_same_study_to_exactly_trials(tmp_path, tiny_llama_dir, tiny_text_file):
+    common = ["--model", f"hf:{tiny_llama_dir}", "--data", str(tiny_text_file),
+              "--target-ppl", "1e6", "--study", "s"]
+    _search(tmp_path, *common, "--trials", "3")
+    folder = tmp_path / "out" / "s"
+    first = {r["number"]: r for r in _finished(folder)}
+    assert len(first) == 3
+    _search(tmp_path, *common, "--trials", "6")
+    rows = _finished(folder)
+    assert len(rows) == 6 and len({r["number"] for r in rows}) == 6
+    assert all(first[n]["metrics"] == r["metrics"] for r in rows for n in [r["number"]] if n in first)
+    _search(tmp_path, *common, "--trials", "6")     # nothing left to do
+    assert len(_finished(folder)) == 6
+    best = Plan.load(folder / "best.json")           # every config meets ppl 1e6: the smallest
+    assert best.metrics["size_mib"] == pytest.approx(min(r["metrics"]["size_mib"] for r in rows
+                                                         if r["state"] == "COMPLETE"))
+
+
+def test_search_deit_runs_end_to_end(tmp_path, monkeypatch, tiny_vit_checkpoint, tiny_cifar_dir):
+    import autoq.models.vit as vit
+
+    spec, ckpt = tiny_vit_checkpoint
+    monkeypatch.setattr(vit, "DEIT_KWARGS", vit.parse_timm_spec(spec)[1])
+    space = tmp_path / "vit.yaml"
+    space.write_text('format: autoq.space/1\noptions: [null, "8:32", "4:32"]\n'
+                     "groups: [{name: blocks, match: 'blocks\\.', per_layer: true}]\n"
+                     "ignore: ['^head']\nbaselines: ['4:32']\n")
+    result = runner.invoke(app, ["search", "--model", "deit", "--checkpoint", str(ckpt),
+                                 "--data", str(tiny_cifar_dir), "--target-acc", "0.9",
+                                 "--trials", "4", "--space", str(space), "--seeds", "2",
+                                 "--out", str(tmp_path / "out"), "--study", "d", "-q"])
+    assert result.exit_code == 0, result.output
+    folder = tmp_path / "out" / "d"
+    assert len(_finished(folder)) == 4
+    pareto = json.loads((folder / "pareto.json").read_text())
+    assert pareto["metric"] == "accuracy" and pareto["front"]
+    assert all("images_per_s" in e["metrics"] for e in pareto["front"])
+    plan = Plan.load(folder / pareto["front"][0]["plan"])
+    assert plan.extra["checkpoint"] == str(ckpt)
+
+
+def test_target_kind_must_match_the_task(tmp_path, tiny_llama_dir, tiny_text_file):
+    result = runner.invoke(app, ["search", "--model", f"hf:{tiny_llama_dir}", "--data",
+                                 str(tiny_text_file), "--target-acc", "0.5", "--out",
+                                 str(tmp_path / "o"), "-q"])
+    assert result.exit_code == 2 and "--target-ppl" in result.output
+    result = runner.invoke(app, ["search", "--model", f"hf:{tiny_llama_dir}", "-q"])
+    assert result.exit_code == 2 and "exactly one quality target" in result.output

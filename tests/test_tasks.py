@@ -1,0 +1,149 @@
+"""Tasks: the CIFAR-100 pickle loader on the shared files, and the perplexity protocol
+on a model whose probabilities are known, checked by hand."""
+
+from __future__ import annotations
+
+import math
+import pickle
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from autoq.errors import UserError
+from autoq.models import LoadedModel, load_model
+from autoq.tasks import get_task, load_data, scores
+from autoq.tasks.cifar100 import read_pickle
+from autoq.tasks.wikitext2 import windows
+
+SHARED_CIFAR = Path("/work/shared/data/cifar-100-python")
+
+
+@pytest.mark.skipif(not (SHARED_CIFAR / "test").exists(), reason="shared CIFAR-100 files absent")
+def test_cifar_pickle_loader_on_shared_files():
+    images, labels = read_pickle(SHARED_CIFAR)
+    with open(SHARED_CIFAR / "test", "rb") as f:
+        raw = pickle.load(f, encoding="bytes")
+    assert images.shape == (916, 32, 32, 3) and images.dtype == np.uint8
+    assert len(labels) == 916 and all(0 <= y < 100 for y in labels)
+    assert labels[0] == raw[b"fine_labels"][0] and labels == list(raw[b"fine_labels"])
+    row = raw[b"data"][0]  # 1024 red, then 1024 green, then 1024 blue values, row-major
+    for channel in range(3):
+        assert np.array_equal(images[0][:, :, channel].ravel(), row[channel * 1024:(channel + 1) * 1024])
+
+
+def test_cifar_loader_uses_model_transform_and_limit(tiny_cifar_dir, tiny_vit_checkpoint):
+    spec, path = tiny_vit_checkpoint
+    loaded = load_model(f"timm:{spec}", checkpoint=str(path))
+    task = get_task("cifar100")
+    images, labels = load_data(task, loaded, str(tiny_cifar_dir), None, 5)
+    raw_images, raw_labels = read_pickle(tiny_cifar_dir)
+    assert labels == raw_labels[:5] and len(images) == 5
+    assert images[0].shape == (3, 32, 32)  # the model's own eval transform, at its size
+    from PIL import Image
+    assert torch.equal(images[3], loaded.transform(Image.fromarray(raw_images[3])))
+    # top-1 is the fraction of argmax == label
+    with torch.inference_mode():
+        pred = loaded.model(torch.stack(images)).argmax(-1).tolist()
+    *_, (done, acc) = scores(task, loaded, (images, labels))
+    assert done == 1 and acc == sum(p == y for p, y in zip(pred, labels)) / 5
+
+
+def test_cifar_bad_folder(tmp_path, tiny_vit_checkpoint):
+    spec, path = tiny_vit_checkpoint
+    loaded = load_model(f"timm:{spec}", checkpoint=str(path))
+    task = get_task("cifar100")
+    with pytest.raises(UserError, match="no `test` file"):
+        load_data(task, loaded, str(tmp_path), None, None)
+    (tmp_path / "test").write_bytes(b"garbage")
+    with pytest.raises(UserError, match="is not a CIFAR-100 pickle"):
+        load_data(task, loaded, str(tmp_path), None, None)
+
+
+# ---- perplexity, by hand -------------------------------------------------------------
+# Vocabulary of 4 tokens. The fake model gives the successor (x + 1) % 4 of the current
+# token probability 1/2 and each of the other three 1/6, so a "hit" costs log 2 nats and
+# a "miss" log 6. Text "0 1 2 3 0 2 1 3 3 3 0 1 2" at seq_len 4 gives windows
+#   [0 1 2 3]: hit hit hit      -> mean NLL log 2
+#   [0 2 1 3]: miss miss miss   -> log 6
+#   [3 3 0 1]: miss hit hit     -> (log 6 + 2 log 2) / 3
+# and a dropped tail [2]. (Across windows 3 -> 0 would be a hit; it must not count.)
+# ppl = exp(mean of the three) = (2^5 * 6^4)^(1/9); with --limit 2: exp((log 2 + log 6)/2).
+
+TEXT = "0 1 2 3 0 2 1 3 3 3 0 1 2"
+PPL_ALL = (2**5 * 6**4) ** (1 / 9)
+PPL_TWO = math.sqrt(12)
+PPL_ONE = 2.0
+
+
+class SuccessorLM(torch.nn.Module):
+    def forward(self, ids):
+        probs = torch.full((*ids.shape, 4), 1 / 6)
+        probs.scatter_(-1, ((ids + 1) % 4)[..., None], 0.5)
+        return SimpleNamespace(logits=probs.log() + 7.0)  # logits up to a constant
+
+
+class DigitTokenizer:
+    def __call__(self, text, return_tensors="pt"):
+        return SimpleNamespace(input_ids=torch.tensor([[int(w) for w in text.split()]]))
+
+
+@pytest.fixture
+def fake_lm():
+    return LoadedModel("fake", "lm", SuccessorLM(), torch.device("cpu"), torch.float32,
+                       tokenizer=DigitTokenizer())
+
+
+@pytest.fixture
+def text_file(tmp_path):
+    path = tmp_path / "wiki.test.raw"
+    path.write_text(TEXT)
+    return str(path)
+
+
+def test_perplexity_by_hand(fake_lm, text_file):
+    task = get_task("wikitext2")
+    wins = load_data(task, fake_lm, text_file, 4, None)
+    assert wins.tolist() == [[0, 1, 2, 3], [0, 2, 1, 3], [3, 3, 0, 1]]  # tail dropped
+    *_, (done, ppl) = scores(task, fake_lm, wins)
+    assert done == 1 and ppl == pytest.approx(PPL_ALL, rel=1e-6)
+    partial = list(scores(task, fake_lm, wins, chunks=3))  # running value per window
+    assert [d for d, _ in partial] == pytest.approx([1 / 3, 2 / 3, 1])
+    assert [p for _, p in partial] == pytest.approx([PPL_ONE, PPL_TWO, PPL_ALL], rel=1e-6)
+
+
+def test_perplexity_limit(fake_lm, text_file):
+    task = get_task("wikitext2")
+    wins = load_data(task, fake_lm, text_file, 4, 2)
+    assert wins.tolist() == [[0, 1, 2, 3], [0, 2, 1, 3]]
+    *_, (_, ppl) = scores(task, fake_lm, wins)
+    assert ppl == pytest.approx(PPL_TWO, rel=1e-6)
+    assert load_data(task, fake_lm, text_file, 4, 100).shape == (3, 4)
+
+
+def test_default_seq_len_is_2048(fake_lm, tmp_path):
+    path = tmp_path / "long.raw"
+    path.write_text(" ".join(str(i % 4) for i in range(2048 * 2 + 5)))
+    assert load_data(get_task("wikitext2"), fake_lm, str(path), None, None).shape == (2, 2048)
+
+
+def test_windows_are_non_overlapping():
+    ids = torch.arange(23)
+    w = windows(ids, 5, None)
+    assert w.tolist() == [list(range(i, i + 5)) for i in range(0, 20, 5)]
+    with pytest.raises(UserError, match="fewer than one window"):
+        windows(torch.arange(3), 5, None)
+
+
+def test_data_errors(fake_lm, tmp_path, text_file):
+    task = get_task("wikitext2")
+    with pytest.raises(UserError, match="--data .*: no such file"):
+        load_data(task, fake_lm, str(tmp_path / "missing.raw"), 4, None)
+    with pytest.raises(UserError, match="expected a file"):
+        load_data(task, fake_lm, str(tmp_path), 4, None)
+    with pytest.raises(UserError, match="--seq-len must be at least 2"):
+        load_data(task, fake_lm, text_file, 1, None)
+    with pytest.raises(UserError, match="unknown task 'glue'"):
+        get_task("glue")
