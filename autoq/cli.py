@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import json
-import sys
 from pathlib import Path
 from typing import Optional
 
@@ -191,6 +190,8 @@ def search(model: str = Model, task: Optional[str] = Task, data: Optional[str] =
            speed: str = typer.Option("predicted", "--speed", help="Per-trial speed: predicted (latency model; Pareto configs re-measured) or measured."),
            prune: bool = typer.Option(True, "--prune/--no-prune", help="Stop trials clearly worse than the target early."),
            checkpoint: Optional[str] = Checkpoint, device: str = Device, dtype: str = Dtype,
+           backend: str = Backend,
+           all_options: bool = typer.Option(False, "--all-options", help="With gemlite, also search options it cannot serve (those layers fall back to hqq)."),
            cache_dir: Optional[str] = typer.Option(None, "--cache-dir", help="On-disk layer cache (default <out>/layer-cache)."),
            quiet: bool = Quiet):
     """Search per-layer HQQ configs for the smallest model meeting a quality target
@@ -207,11 +208,11 @@ def search(model: str = Model, task: Optional[str] = Task, data: Optional[str] =
     if speed not in ("predicted", "measured"):
         raise UserError(f"--speed {speed!r} must be predicted or measured.")
     ev = EvalSettings(model, task, data, seq_len, limit, checkpoint, device, dtype,
-                      cache_dir or str(out / "layer-cache"))
+                      cache_dir or str(out / "layer-cache"), backend)
     settings = SearchSettings(ev, target_ppl if target_ppl is not None else target_acc,
                               "ppl" if target_ppl is not None else "accuracy", trials,
                               max_size_mib, timeout, space, study, storage, str(out), seed, seeds,
-                              speed, prune)
+                              speed, prune, all_options=all_options)
     result = Search(settings, say=progress.say if progress.ENABLED else lambda m: None).run()
     rows = {"study folder": str(result.study_dir), "finished trials": result.finished,
             "pareto configs": len(result.front)}

@@ -19,7 +19,7 @@ from .models import load_model, pick_device, pick_dtype
 from .plan import LayerConfig, Plan
 from .progress import say
 from .quantize import LayerCache, quantize_
-from .size import measure
+from .size import Size, measure
 from .tasks import get_task, load_data, scores
 
 
@@ -56,8 +56,7 @@ class Evaluator:
 
     @property
     def protocol(self) -> str:
-        s, n = self.settings, len(self.dataset) if self.task.model_kind == "lm" else \
-            len(self.dataset[1])
+        n = len(self.dataset) if self.task.model_kind == "lm" else len(self.dataset[1])
         if self.task.name == "wikitext2":
             seq = self.dataset.shape[1]
             return f"wikitext2 test, {n} windows x {seq} tokens (non-overlapping), ppl=exp(mean NLL)"
@@ -70,10 +69,9 @@ class Evaluator:
         quantize_(self.loaded.model, resolved, device=self.device, dtype=self.dtype,
                   cache=self.cache)
 
-    def run(self, resolved: Mapping[str, LayerConfig | None], *, speed: bool = True,
-            chunks: int = 1, on_partial: Callable[[float, float], None] | None = None) -> dict:
-        """Quantize per `resolved`, then score; `on_partial(fraction, value)` after each
-        chunk may raise to stop early. Returns the metrics dict."""
+    def serve(self, resolved: Mapping[str, LayerConfig | None]) -> tuple[Size, dict]:
+        """Quantize per `resolved` (size measured on the HQQ layers), then convert what
+        the serving backend supports; says which layers fall back."""
         self.apply(resolved)
         size = measure(self.loaded.model)
         served = prepare_(self.loaded.model, self.backend) if self.backend == "gemlite" else \
@@ -81,6 +79,13 @@ class Evaluator:
         if served["fallback"]:
             say(f"{len(served['fallback'])} layers stay on hqq's torch backend: "
                 + "; ".join(f"{n}: {why}" for n, why in served["fallback"].items()))
+        return size, served
+
+    def run(self, resolved: Mapping[str, LayerConfig | None], *, speed: bool = True,
+            chunks: int = 1, on_partial: Callable[[float, float], None] | None = None) -> dict:
+        """Quantize per `resolved`, then score; `on_partial(fraction, value)` after each
+        chunk may raise to stop early. Returns the metrics dict."""
+        size, served = self.serve(resolved)
         t = time.perf_counter()
         value = float("nan")
         for fraction, value in scores(self.task, self.loaded, self.dataset, chunks):

@@ -17,7 +17,6 @@ head explicitly to quantize it). Other top-level keys are kept as they are.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -216,6 +215,3 @@ def quantized_bits(resolved: Mapping[str, LayerConfig | None],
     return sum(cfg.bits_per_weight(shapes[n][0]) * shapes[n][0] * shapes[n][1]
                for n, cfg in resolved.items() if cfg is not None)
 
-
-def is_finite_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)

@@ -12,7 +12,6 @@ the search finds it). Reports Spearman rank correlation and writes a JSON file.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import platform
 import random

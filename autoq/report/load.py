@@ -127,11 +127,14 @@ def open_storage(url: str):
     anything."""
     import optuna
 
+    from ..search.storage import FlockJournalLock, driver_url
+
     if "://" not in url or url.startswith("journal:///"):
         path = Path(url.removeprefix("journal://"))
         if not path.is_file():
             raise UserError(f"{url}: no such journal file; give the path of an Optuna journal.")
-        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(
+            str(path), lock_obj=FlockJournalLock(str(path))))
     kwargs = {}
     if url.startswith("sqlite:///"):
         path = Path(url.removeprefix("sqlite:///"))
@@ -140,7 +143,8 @@ def open_storage(url: str):
                             "a relative path, sqlite://// + an absolute one).")
         kwargs = {"connect_args": {"timeout": 30}}  # wait for a live search's write lock
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, skip_table_creation=True)
+        return optuna.storages.RDBStorage(driver_url(url), engine_kwargs=kwargs,
+                                          skip_table_creation=True)
     except Exception as e:
         raise UserError(f"{url}: cannot open this Optuna storage ({e.__class__.__name__}: "
                         f"{str(e).splitlines()[0][:120]}); check the URL.")

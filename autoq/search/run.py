@@ -31,7 +31,7 @@ from ..plan import LayerConfig, Plan, uniform_plan
 from . import seed as seeding
 from .sensitivity import measure_or_load
 from . import storage as store
-from .space import KEEP, Choice, load_space, option_label, parse_option
+from .space import KEEP, load_space, parse_option
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -57,6 +57,7 @@ class SearchSettings:
     speed: str = "predicted"           # or "measured" (every trial)
     prune: bool = True
     measure_front: bool = True
+    all_options: bool = False          # with gemlite: also options it cannot serve
 
 
 @dataclass
@@ -114,11 +115,13 @@ class Search:
 
     # ---- setup ----------------------------------------------------------------------
     def _allowed(self):
-        backend = getattr(self.s.eval, "backend", "hqq")
-        if backend in ("gemlite", "auto") and self.ev.device.type == "cuda":
-            from ..backends import gemlite_problem
-            return lambda cfg, fin, fout: gemlite_problem(cfg, fin, fout) is None
-        return lambda cfg, fin, fout: True
+        """Options kept per layer: with gemlite, only what gemlite serves itself
+        (unless --all-options), so no searched layer silently falls back."""
+        if self.ev.backend == "hqq" or self.s.all_options:
+            return lambda cfg, fin, fout: True
+        from ..backends import servable
+
+        return servable(self.ev.backend)
 
     def _info(self) -> dict:
         return {"format": "autoq.study/1", "study": self.name, "storage": self.storage_url,
@@ -222,7 +225,7 @@ class Search:
 
     def _protocol_key(self) -> str:
         ident = [self.s.eval.model, self.s.eval.checkpoint, self.task.name, self.ev.protocol,
-                 str(self.ev.dtype), self.ev.device.type, getattr(self.s.eval, "backend", "hqq")]
+                 str(self.ev.dtype), self.ev.device.type, self.ev.backend]
         return hashlib.sha256(json.dumps(ident).encode()).hexdigest()[:16]
 
     def sensitivity(self) -> dict:
@@ -348,8 +351,7 @@ class Search:
                              {o for ch in self.choices for o in ch.options if o},
                              key=lambda c: (c.nbits, c.group_size or 0))
             self.latency = LatencyModel.for_model(self.ev.loaded, options,
-                                                  getattr(self.s.eval, "backend", "hqq"),
-                                                  Path(self.s.out) / "latency")
+                                                  self.ev.backend, Path(self.s.out))
         metrics[self.speed_key] = 1.0 / self.latency.predict(resolved)
         metrics["speed_source"] = "predicted"
 
@@ -499,12 +501,11 @@ class Search:
             return {**metrics, **known[str(t.number)]}
         resolved = {n: parse_option(option_label_json(v), "trial")
                     for n, v in t.user_attrs["layers"].items()}
-        from ..size import measure
         from ..speed import measure as measure_speed
 
         self.say(f"measuring the speed of Pareto trial {t.number}")
-        self.ev.apply(resolved)
-        measured = measure_speed(self.ev.loaded, measure(self.ev.loaded.model).size_bytes)
+        size, _ = self.ev.serve(resolved)
+        measured = measure_speed(self.ev.loaded, size.size_bytes)
         measured[f"{self.speed_key}_predicted"] = metrics.get(self.speed_key)
         measured["speed_source"] = "measured"
         known = dict(self.study.user_attrs.get("front_speed", {}))
