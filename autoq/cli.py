@@ -156,6 +156,10 @@ def apply(plan: Path = typer.Argument(..., help="Plan file (autoq.plan/1), e.g. 
         weights = torch.load(folder / saved.WEIGHTS, map_location="cpu", weights_only=True)
         result.update(saved_tensor_mib=saved_tensor_bytes(weights) / 2**20,
                       reload_size_mib=measure(back.model).size_mib, reload_max_abs_diff=diff)
+        for key in ("saved_tensor_mib", "reload_size_mib"):
+            if abs(result[key] - size.size_mib) > 0.01 * size.size_mib:
+                raise RuntimeError(f"{key} {result[key]:.3f} differs from the measured size "
+                                   f"{size.size_mib:.3f} MiB by more than 1%")
         result.update(prepare_(back.model, backend))  # serve (and evaluate) with the backend
         if backend != "hqq":
             result["served_max_abs_diff"] = (saved.probe_output(back) - reference).abs().max().item()
@@ -189,6 +193,7 @@ def search(model: str = Model, task: Optional[str] = Task, data: Optional[str] =
            seeds: Optional[int] = typer.Option(None, "--seeds", help="Sensitivity-seeded first trials (default: trials/3, 2..10)."),
            speed: str = typer.Option("predicted", "--speed", help="Per-trial speed: predicted (latency model; Pareto configs re-measured) or measured."),
            prune: bool = typer.Option(True, "--prune/--no-prune", help="Stop trials clearly worse than the target early."),
+           measure_front: Optional[int] = typer.Option(None, "--measure-front", help="Re-measure the speed of at most N Pareto configs (best first; default all)."),
            checkpoint: Optional[str] = Checkpoint, device: str = Device, dtype: str = Dtype,
            backend: str = Backend,
            all_options: bool = typer.Option(False, "--all-options", help="With gemlite, also search options it cannot serve (those layers fall back to hqq)."),
@@ -212,7 +217,7 @@ def search(model: str = Model, task: Optional[str] = Task, data: Optional[str] =
     settings = SearchSettings(ev, target_ppl if target_ppl is not None else target_acc,
                               "ppl" if target_ppl is not None else "accuracy", trials,
                               max_size_mib, timeout, space, study, storage, str(out), seed, seeds,
-                              speed, prune, all_options=all_options)
+                              speed, prune, measure_front, all_options)
     result = Search(settings, say=progress.say if progress.ENABLED else lambda m: None).run()
     rows = {"study folder": str(result.study_dir), "finished trials": result.finished,
             "pareto configs": len(result.front)}

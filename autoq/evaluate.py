@@ -18,7 +18,7 @@ from .backends import prepare_, require_backend
 from .models import load_model, pick_device, pick_dtype
 from .plan import LayerConfig, Plan
 from .progress import say
-from .quantize import LayerCache, quantize_
+from .quantize import LayerCache, quantize_, set_module
 from .size import Size, measure
 from .tasks import get_task, load_data, scores
 
@@ -53,6 +53,8 @@ class Evaluator:
         self.dataset = load_data(self.task, self.loaded, s.data, s.seq_len, s.limit)
         self.shapes = self.loaded.shapes()
         self.cache = LayerCache(s.cache_dir)
+        # A search on CPU scores trials from dequantized weights (see quantize.Dequantized)
+        self.fast_scoring = False
 
     @property
     def protocol(self) -> str:
@@ -88,9 +90,20 @@ class Evaluator:
         size, served = self.serve(resolved)
         t = time.perf_counter()
         value = float("nan")
-        for fraction, value in scores(self.task, self.loaded, self.dataset, chunks):
-            if on_partial is not None and fraction < 1:
-                on_partial(fraction, value)
+        fast = self.fast_scoring and self.backend == "hqq"
+        if fast:  # score from once-dequantized weights: same outputs, no per-call unpacking
+            from hqq.core.quantize import HQQLinear
+
+            for name, module in list(self.loaded.model.named_modules()):
+                if isinstance(module, HQQLinear):
+                    set_module(self.loaded.model, name, self.cache.dequantized(module))
+        try:
+            for fraction, value in scores(self.task, self.loaded, self.dataset, chunks):
+                if on_partial is not None and fraction < 1:
+                    on_partial(fraction, value)
+        finally:
+            if fast:
+                self.apply(resolved)  # back to the HQQLinear layers (for speed, saving)
         out = {self.task.metric: value, "size_mib": size.size_mib,
                "bits_per_weight": size.bits_per_weight,
                "model_bits_per_weight": size.model_bits_per_weight,

@@ -84,6 +84,23 @@ def meta_16bit(layer: nn.Module) -> nn.Module:
     return layer
 
 
+class Dequantized(nn.Module):
+    """An HQQLinear scored from its weight dequantized once: the same arithmetic as
+    HQQ's torch forward (x @ dequantize().T, then + bias) without unpacking the bits
+    on every call. For scoring many windows / trials on CPU only; size, speed and
+    saving always use the HQQLinear itself (`.hqq`)."""
+
+    def __init__(self, hqq: nn.Module):
+        super().__init__()
+        object.__setattr__(self, "hqq", hqq)  # not a submodule: counted / saved once
+        self.register_buffer("weight", hqq.dequantize(), persistent=False)
+        self.bias = hqq.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.matmul(x, self.weight.t())
+        return out + self.bias if self.bias is not None else out
+
+
 class LayerCache:
     """(layer, nbits, group_size) -> quantized module; optional on-disk layer."""
 
@@ -93,6 +110,13 @@ class LayerCache:
         self.quantized: list[tuple[str, LayerConfig]] = []  # what was really computed
         self.disk_hits = 0
         self._weight_hash: dict[int, str] = {}
+        self._dequantized: dict[int, Dequantized] = {}
+
+    def dequantized(self, layer: nn.Module) -> Dequantized:
+        """The scoring twin of a cached HQQLinear (made once per layer object)."""
+        if id(layer) not in self._dequantized:
+            self._dequantized[id(layer)] = Dequantized(layer)
+        return self._dequantized[id(layer)]
 
     def get(self, name: str, linear: nn.Linear, cfg: LayerConfig, device: torch.device,
             dtype: torch.dtype) -> nn.Module:

@@ -208,7 +208,7 @@ def test_user_errors(lm, vit, tiny_text_file, tiny_cifar_dir, tmp_path):
     message = user_error("eval", "--model", lm, "--data", tmp_path / "nope.raw")
     assert "--data" in message and "nope.raw" in message and "no such file" in message
     corrupt = tmp_path / "corrupt.pt"
-    corrupt.write_bytes(b"\x80\x04 definitely not a state dict")
+    corrupt.write_bytes(b"PK\x03\x04 a truncated torch.save zip")
     message = user_error("eval", "--model", spec, "--checkpoint", corrupt, "--data", tiny_cifar_dir)
     assert f"--checkpoint {corrupt}" in message and "state dict" in message
     message = user_error("eval", "--model", spec, "--checkpoint", tmp_path / "absent.pt")

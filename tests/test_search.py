@@ -228,3 +228,20 @@ def test_target_kind_must_match_the_task(tmp_path, tiny_llama_dir, tiny_text_fil
     assert result.exit_code == 2 and "--target-ppl" in result.output
     result = runner.invoke(app, ["search", "--model", f"hf:{tiny_llama_dir}", "-q"])
     assert result.exit_code == 2 and "exactly one quality target" in result.output
+
+
+def test_fast_scoring_gives_the_same_metric_and_restores_hqq_layers(tiny_llama_dir, tiny_text_file):
+    from hqq.core.quantize import HQQLinear
+
+    from autoq.evaluate import EvalSettings, Evaluator
+
+    ev = Evaluator(EvalSettings(f"hf:{tiny_llama_dir}", "wikitext2", str(tiny_text_file), 32, 3))
+    for cfg in (LayerConfig(4, 32), LayerConfig(3, 64), LayerConfig(2, 32)):
+        resolved = {n: (None if n == "lm_head" else cfg) for n in ev.shapes}
+        ev.fast_scoring = False
+        slow = ev.run(resolved, speed=False)
+        ev.fast_scoring = True
+        fast = ev.run(resolved, speed=False)
+        assert fast["ppl"] == slow["ppl"] and fast["size_mib"] == slow["size_mib"]
+        layer = ev.loaded.model.get_submodule("model.layers.0.mlp.down_proj")
+        assert isinstance(layer, HQQLinear)   # speed and saving see the real layers again

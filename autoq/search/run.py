@@ -56,7 +56,7 @@ class SearchSettings:
     n_seeds: int | None = None
     speed: str = "predicted"           # or "measured" (every trial)
     prune: bool = True
-    measure_front: bool = True
+    measure_front: int | None = None   # Pareto configs whose speed is re-measured (None: all)
     all_options: bool = False          # with gemlite: also options it cannot serve
 
 
@@ -93,6 +93,7 @@ class Search:
             store.check_url(s.storage)  # a typo fails before the model loads
         self.beat_s, self.grace_s = store.timing()
         self.ev = Evaluator(s.eval)
+        self.ev.fast_scoring = self.ev.device.type == "cpu"  # HQQ's CPU forward unpacks per call
         self.task = self.ev.task
         if self.task.metric != s.target_metric:
             flag = "--target-ppl" if self.task.metric == "ppl" else "--target-acc"
@@ -461,9 +462,25 @@ class Search:
                for t in done]
         front = sorted((done[i] for i in front_indices(pts, senses)),
                        key=lambda t: t.user_attrs["metrics"]["size_mib"])
-        measured = [self._front_metrics(t) for t in front]
+        chosen = self._to_measure(front)
+        measured = [self._front_metrics(t) if i in chosen else dict(t.user_attrs["metrics"])
+                    for i, t in enumerate(front)]
         with store.file_lock(self.dir / ".lock"):
             return self._write_front(front, measured)
+
+    def _to_measure(self, front: list) -> set[int]:
+        """Front positions whose speed is re-measured: all, or (--measure-front N) the
+        best config plus configs spread evenly along the front."""
+        n = self.s.measure_front
+        if n is None or n >= len(front):
+            return set(range(len(front)))
+        best = self.best_trial()
+        picks = [i for i, t in enumerate(front) if best is not None and t.number == best.number]
+        spread = [round(k * (len(front) - 1) / max(n - 1, 1)) for k in range(n)]
+        for i in spread:
+            if len(picks) < n and i not in picks:
+                picks.append(i)
+        return set(picks[:n])
 
     def _write_front(self, front: list, measured: list[dict]) -> Outcome:
         out = Outcome(self.dir, self.finished())
@@ -494,7 +511,7 @@ class Search:
     def _front_metrics(self, t) -> dict:
         """Front configs: speed re-measured (not predicted), stored back in the trial."""
         metrics = dict(t.user_attrs["metrics"])
-        if not self.s.measure_front or metrics.get("speed_source") == "measured":
+        if metrics.get("speed_source") == "measured":
             return metrics
         known = self.study.user_attrs.get("front_speed", {})
         if str(t.number) in known:
