@@ -113,6 +113,7 @@ class Search:
         self.study = self._open_study()
         self.latency = None
         self.prune_at: float | None = None
+        self.fp_curve: dict[str, float] | None = None
 
     # ---- setup ----------------------------------------------------------------------
     def _allowed(self):
@@ -262,6 +263,16 @@ class Search:
                 ratios.append(math.log(m["ppl"] / baselines["fp"]["ppl"]) / cost)
         return sorted(ratios)[len(ratios) // 2] if ratios else None
 
+    def _max_choice_bits(self, baselines: dict) -> float | None:
+        """--max-size-mib in the seeding's units: bits left for the searched layers
+        once everything else (measured on the unquantized model) is counted."""
+        if self.s.max_size_mib is None or "fp" not in baselines:
+            return None
+        searched = {n for c in self.choices for n in c.layers}
+        fixed = baselines["fp"]["size_mib"] * 2**20 * 8 - sum(
+            self._layer_bits(n, None) for n in searched)
+        return self.s.max_size_mib * 2**20 * 8 - fixed
+
     def enqueue_seeds(self, baselines: dict, sens: dict) -> None:
         if self.study.user_attrs.get("seeded"):
             return
@@ -270,7 +281,8 @@ class Search:
         scale = self.loss_scale(baselines, sens)
         if scale and "fp" in baselines and self.s.target > baselines["fp"]["ppl"]:
             max_cost = math.log(self.s.target / baselines["fp"]["ppl"]) / scale
-        configs = seeding.seeds(costs, bits, self._n_seeds(), max_cost)
+        configs = seeding.seeds(costs, bits, self._n_seeds(), max_cost,
+                                self._max_choice_bits(baselines))
         for cfg in configs:
             self.study.enqueue_trial(cfg, user_attrs={"origin": "seed"}, skip_if_exists=True)
         self.study.set_user_attr("seeded", len(configs))
@@ -310,7 +322,8 @@ class Search:
         else:
             def on_partial(fraction, value):
                 partial = {self.metric: value, "fraction": fraction}
-                if self.prune_at is not None and not self.task.meets(value, self.prune_at):
+                if self.prune_at is not None and \
+                        not self.task.meets(self.full_equivalent(fraction, value), self.prune_at):
                     self.constrain(trial, partial)
                     trial.set_user_attr("metrics", partial)
                     trial.set_user_attr("pruned_at", fraction)
@@ -341,6 +354,26 @@ class Search:
         m = PRUNE_MARGIN[self.metric]
         return self.s.target * m if self.metric == "ppl" else self.s.target + m
 
+    def full_equivalent(self, fraction: float, value: float) -> float:
+        """A running metric on part of the data, carried to the whole data by how the
+        unquantized model's running metric differed there (windows differ in difficulty)."""
+        curve = self.fp_curve or {}
+        ref, full = curve.get(f"{fraction:.4f}"), curve.get("1.0000")
+        if ref is None or full is None:
+            return value
+        return value * full / ref if self.metric == "ppl" else value + full - ref
+
+    def _fp_partial(self) -> dict[str, float]:
+        curve: dict[str, float] = {}
+        fp = {n: None for n in self.ev.shapes}
+        chunks = self.task.spec.get("prune_chunks", 4)
+        self.say("measuring the unquantized model's running metric (for pruning)")
+        final = self.ev.run(fp, speed=False, chunks=chunks,
+                            on_partial=lambda f, v: curve.__setitem__(f"{f:.4f}", v))
+        curve["1.0000"] = final[self.metric]
+        self.study.set_user_attr("fp_partial", curve)
+        return curve
+
     def _add_speed(self, metrics: dict, resolved) -> None:
         if self.s.speed == "measured":
             metrics["speed_source"] = "measured"
@@ -363,6 +396,8 @@ class Search:
     def run(self) -> Outcome:
         base = self.baselines()
         self.prune_at = self.pruning_threshold(base)
+        if self.prune_at is not None:  # measured before any trial (it re-applies the model)
+            self.fp_curve = self.study.user_attrs.get("fp_partial") or self._fp_partial()
         sens = self.sensitivity()
         self.enqueue_seeds(base, sens)
         start, fails, storage_errors, durations = time.time(), 0, 0, []
