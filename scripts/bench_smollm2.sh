@@ -24,7 +24,9 @@ search --target-ppl 30.12 --max-size-mib 184 --study ppl30.12-184MiB --trials 4 
     --measure-front 2
 log "independent check"
 .venv/bin/python scripts/independent_check.py "$OUT/ppl35/best.json" \
-    "$OUT/ppl30.12-184MiB/best.json" --out "$OUT/independent-check.json"
+    "$OUT/ppl30.12/best.json" --out "$OUT/independent-check.json"
+.venv/bin/python scripts/independent_check.py "$OUT/ppl30.12-184MiB/pareto-01.json" \
+    --out "$OUT/independent-check-184MiB.json"
 log "report"
 .venv/bin/autoq report "$OUT" --out "$OUT/report" -q
 log "done"

@@ -245,3 +245,18 @@ def test_fast_scoring_gives_the_same_metric_and_restores_hqq_layers(tiny_llama_d
         assert fast["ppl"] == slow["ppl"] and fast["size_mib"] == slow["size_mib"]
         layer = ev.loaded.model.get_submodule("model.layers.0.mlp.down_proj")
         assert isinstance(layer, HQQLinear)   # speed and saving see the real layers again
+
+
+def test_pruning_compares_running_metrics_against_the_fp_models_running_metric():
+    from types import SimpleNamespace
+
+    from autoq.search.run import Search
+
+    curve = {"0.2500": 34.0, "1.0000": 28.7}   # the first quarter is harder for every model
+    ppl = SimpleNamespace(fp_curve=curve, metric="ppl")
+    # a trial at 40.0 after a quarter ends near 40 * 28.7 / 34 = 33.8 on all the data
+    assert Search.full_equivalent(ppl, 0.25, 40.0) == pytest.approx(40.0 * 28.7 / 34.0)
+    acc = SimpleNamespace(fp_curve={"0.5000": 0.80, "1.0000": 0.85}, metric="accuracy")
+    assert Search.full_equivalent(acc, 0.5, 0.70) == pytest.approx(0.75)
+    unknown = SimpleNamespace(fp_curve=None, metric="ppl")
+    assert Search.full_equivalent(unknown, 0.25, 40.0) == 40.0
