@@ -31,7 +31,7 @@ from ..plan import LayerConfig, Plan, uniform_plan
 from . import seed as seeding
 from .sensitivity import measure_or_load
 from . import storage as store
-from .space import KEEP, load_space, parse_option
+from .space import load_space, parse_option
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -521,8 +521,7 @@ class Search:
         out = Outcome(self.dir, self.finished())
         best = self.best_trial()
         for i, (t, metrics) in enumerate(zip(front, measured)):
-            resolved = {n: parse_option(option_label_json(v), "trial")
-                        for n, v in t.user_attrs["layers"].items()}
+            resolved = trial_layers(t)
             plan = self.plan(resolved, metrics, t.number)
             name = f"pareto-{i:02d}.json"
             plan.save(self.dir / name)
@@ -551,8 +550,7 @@ class Search:
         known = self.study.user_attrs.get("front_speed", {})
         if str(t.number) in known:
             return {**metrics, **known[str(t.number)]}
-        resolved = {n: parse_option(option_label_json(v), "trial")
-                    for n, v in t.user_attrs["layers"].items()}
+        resolved = trial_layers(t)
         from ..speed import measure as measure_speed
 
         self.say(f"measuring the speed of Pareto trial {t.number}")
@@ -574,8 +572,10 @@ def note(trial: optuna.Trial, key: str, value) -> None:
         pass
 
 
-def option_label_json(v) -> str:
-    return KEEP if v is None else LayerConfig(v["nbits"], v["group_size"]).label
+def trial_layers(t: optuna.trial.FrozenTrial) -> dict[str, LayerConfig | None]:
+    """A finished trial's plan (module name -> config) from its `layers` user attr."""
+    return {n: None if v is None else LayerConfig(v["nbits"], v["group_size"])
+            for n, v in t.user_attrs["layers"].items()}
 
 
 def torch_bits(dtype) -> float:
