@@ -47,6 +47,11 @@ def command(fn):
     return app.command()(wrapper)
 
 
+def without_units(metrics: dict) -> dict:
+    """Metrics as shown to a user: the per-window/per-image values left out."""
+    return {k: v for k, v in metrics.items() if k != "units"}
+
+
 def _table(title: str, rows: dict) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -95,7 +100,7 @@ def eval(model: str = Model, task: Optional[str] = Task, data: Optional[str] = D
     resolved = ev.resolve(the_plan, str(plan) if plan else "--uniform") if the_plan else \
         {n: None for n in ev.shapes}
     result = {"model": model, "task": ev.task.name,
-              "config": uniform or (str(plan) if plan else "unquantized"), **ev.run(resolved)}
+              "config": uniform or (str(plan) if plan else "unquantized"), **without_units(ev.run(resolved))}
     if as_json:
         typer.echo(json.dumps(result))
     else:
@@ -122,7 +127,7 @@ def apply(plan: Path = typer.Argument(..., help="Plan file (autoq.plan/1), e.g. 
     from .models import load_model, pick_device, pick_dtype
     from .quantize import LayerCache, quantize_
     from .size import measure, saved_tensor_bytes
-    from .tasks import get_task, load_data, scores
+    from .tasks import get_task, load_data, score
 
     the_plan = Plan.load(plan)
     out = out or plan.parent / f"{plan.stem}-model"
@@ -165,7 +170,7 @@ def apply(plan: Path = typer.Argument(..., help="Plan file (autoq.plan/1), e.g. 
             result["served_max_abs_diff"] = (saved.probe_output(back) - reference).abs().max().item()
         if the_task is not None:
             progress.say(f"evaluating the reloaded model on {the_task.name}")
-            *_, (_, value) = scores(the_task, back, dataset)
+            value = score(the_task, back, dataset)
             result[the_task.metric] = value
             the_plan.metrics[the_task.metric] = value
             the_plan.save(folder / "plan.json")
@@ -192,7 +197,8 @@ def search(model: str = Model, task: Optional[str] = Task, data: Optional[str] =
            seed: int = typer.Option(0, "--seed", help="Sampler seed."),
            seeds: Optional[int] = typer.Option(None, "--seeds", help="Sensitivity-seeded first trials (default: trials/3, 2..10)."),
            speed: str = typer.Option("predicted", "--speed", help="Per-trial speed: predicted (latency model; Pareto configs re-measured) or measured."),
-           prune: bool = typer.Option(True, "--prune/--no-prune", help="Stop trials clearly worse than the target early."),
+           prune: bool = typer.Option(True, "--prune/--no-prune", help="Stop scoring a trial once the data seen decides the target (Pareto configs are then scored in full)."),
+           sampler: str = typer.Option("sensitivity", "--sampler", help="Trials after the seeds: sensitivity (recalibrated knapsack with perturbed sensitivities), nsga2 or random."),
            measure_front: Optional[int] = typer.Option(None, "--measure-front", help="Re-measure the speed of at most N Pareto configs (best first; default all)."),
            checkpoint: Optional[str] = Checkpoint, device: str = Device, dtype: str = Dtype,
            backend: str = Backend,
@@ -217,7 +223,7 @@ def search(model: str = Model, task: Optional[str] = Task, data: Optional[str] =
     settings = SearchSettings(ev, target_ppl if target_ppl is not None else target_acc,
                               "ppl" if target_ppl is not None else "accuracy", trials,
                               max_size_mib, timeout, space, study, storage, str(out), seed, seeds,
-                              speed, prune, measure_front, all_options)
+                              speed, prune, sampler, measure_front, all_options)
     result = Search(settings, say=progress.say if progress.ENABLED else lambda m: None).run()
     rows = {"study folder": str(result.study_dir), "finished trials": result.finished,
             "pareto configs": len(result.front)}

@@ -7,6 +7,7 @@ shared by every trial.
 
 from __future__ import annotations
 
+import random
 import time
 from dataclasses import dataclass
 from typing import Callable, Mapping
@@ -20,7 +21,7 @@ from .plan import LayerConfig, Plan
 from .progress import say
 from .quantize import LayerCache, quantize_, set_module
 from .size import Size, measure
-from .tasks import get_task, load_data, scores
+from .tasks import count, get_task, load_data, take, units
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,11 @@ class Evaluator:
         say(f"loading {self.task.name} data")
         self.dataset = load_data(self.task, self.loaded, s.data, s.seq_len, s.limit)
         self.shapes = self.loaded.shapes()
+        # scoring order: a fixed shuffle, so that the units seen first are a random sample
+        # of all of them (a search may stop after part of the data; see autoq.estimate)
+        order = list(range(count(self.task, self.dataset)))
+        random.Random(0).shuffle(order)
+        self.shuffled = take(self.task, self.dataset, order)
         self.cache = LayerCache(s.cache_dir)
         # A search on CPU scores trials from dequantized weights (see quantize.Dequantized)
         self.fast_scoring = False
@@ -84,12 +90,14 @@ class Evaluator:
         return size, served
 
     def run(self, resolved: Mapping[str, LayerConfig | None], *, speed: bool = True,
-            chunks: int = 1, on_partial: Callable[[float, float], None] | None = None) -> dict:
-        """Quantize per `resolved`, then score; `on_partial(fraction, value)` after each
-        chunk may raise to stop early. Returns the metrics dict."""
+            check_every: int | None = None,
+            stop: Callable[[list[float]], bool] | None = None) -> dict:
+        """Quantize per `resolved`, then score. Every `check_every` units (and once
+        before the first), `stop(units so far)` may end the scoring early: the
+        metric is then on the part seen, `fraction` < 1. The per-unit values are
+        returned under `units`, in scoring order (the same fixed shuffle every time)."""
         size, served = self.serve(resolved)
         t = time.perf_counter()
-        value = float("nan")
         fast = self.fast_scoring and self.backend == "hqq"
         if fast:  # score from once-dequantized weights: same outputs, no per-call unpacking
             from hqq.core.quantize import HQQLinear
@@ -97,19 +105,25 @@ class Evaluator:
             for name, module in list(self.loaded.model.named_modules()):
                 if isinstance(module, HQQLinear):
                     set_module(self.loaded.model, name, self.cache.dequantized(module))
+        total, seen = count(self.task, self.dataset), []
         try:
-            for fraction, value in scores(self.task, self.loaded, self.dataset, chunks):
-                if on_partial is not None and fraction < 1:
-                    on_partial(fraction, value)
+            if stop is None or not stop(seen):
+                for value in units(self.task, self.loaded, self.shuffled):
+                    seen.append(value)
+                    if stop is not None and check_every and len(seen) % check_every == 0 \
+                            and len(seen) < total and stop(seen):
+                        break
         finally:
             if fast:
                 self.apply(resolved)  # back to the HQQLinear layers (for speed, saving)
+        value = self.task.metric_of(seen) if seen else float("nan")
         out = {self.task.metric: value, "size_mib": size.size_mib,
                "bits_per_weight": size.bits_per_weight,
                "model_bits_per_weight": size.model_bits_per_weight,
                "quantized_layers": sum(c is not None for c in resolved.values()),
                **served,
-               "eval_seconds": time.perf_counter() - t}
+               "eval_seconds": time.perf_counter() - t, "fraction": len(seen) / total,
+               "units": seen}
         if speed:
             out.update(speed_mod.measure(self.loaded, size.size_bytes))
         out["protocol"] = self.protocol

@@ -247,16 +247,31 @@ def test_fast_scoring_gives_the_same_metric_and_restores_hqq_layers(tiny_llama_d
         assert isinstance(layer, HQQLinear)   # speed and saving see the real layers again
 
 
-def test_pruning_compares_running_metrics_against_the_fp_models_running_metric():
-    from types import SimpleNamespace
-
-    from autoq.search.run import Search
-
-    curve = {"0.2500": 34.0, "1.0000": 28.7}   # the first quarter is harder for every model
-    ppl = SimpleNamespace(fp_curve=curve, metric="ppl")
-    # a trial at 40.0 after a quarter ends near 40 * 28.7 / 34 = 33.8 on all the data
-    assert Search.full_equivalent(ppl, 0.25, 40.0) == pytest.approx(40.0 * 28.7 / 34.0)
-    acc = SimpleNamespace(fp_curve={"0.5000": 0.80, "1.0000": 0.85}, metric="accuracy")
-    assert Search.full_equivalent(acc, 0.5, 0.70) == pytest.approx(0.75)
-    unknown = SimpleNamespace(fp_curve=None, metric="ppl")
-    assert Search.full_equivalent(unknown, 0.25, 40.0) == 40.0
+def test_early_stopping_estimates_trials_and_scores_the_front_in_full(tmp_path, tiny_llama_dir,
+                                                                     tiny_text_file):
+    """Trials stop once the windows seen decide the target; every Pareto config is then
+    scored on all the windows, and its plan's metrics equal `autoq eval --plan`."""
+    common = ["--model", f"hf:{tiny_llama_dir}", "--data", str(tiny_text_file),
+              "--seq-len", "32", "--limit", "20"]
+    fp = json.loads(runner.invoke(app, ["eval", *common, "--json"]).stdout)["ppl"]
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE)
+    result = runner.invoke(app, ["search", *common, "--space", str(space), "--out",
+                                 str(tmp_path / "out"), "--seeds", "4", "--study", "s",
+                                 "--target-ppl", str(fp * 1.01), "--trials", "8", "-q"])
+    assert result.exit_code == 0, result.output
+    folder = tmp_path / "out" / "s"
+    rows = _finished(folder)
+    partial = [r for r in rows if r["metrics"].get("fraction", 1) < 1 and "estimate" not in r["metrics"]]
+    assert partial, "no trial was decided before the last window"
+    for r in partial:
+        lo, hi = r["metrics"]["ppl_interval"]
+        assert lo <= r["metrics"]["ppl"] <= hi
+        assert (r["state"] == "PRUNED") == (lo > fp * 1.01)   # pruned: surely worse
+    pareto = json.loads((folder / "pareto.json").read_text())
+    assert any("estimate" in e["metrics"] for e in pareto["front"])  # rescored in full
+    for entry in pareto["front"]:
+        assert entry["metrics"]["fraction"] == 1
+        plan = folder / entry["plan"]
+        again = json.loads(runner.invoke(app, ["eval", *common, "--plan", str(plan), "--json"]).stdout)
+        assert again["ppl"] == pytest.approx(entry["metrics"]["ppl"], rel=1e-5)

@@ -14,7 +14,7 @@ import torch
 
 from autoq.errors import UserError
 from autoq.models import LoadedModel, load_model
-from autoq.tasks import get_task, load_data, scores
+from autoq.tasks import get_task, load_data, score, units
 from autoq.tasks.cifar100 import read_pickle
 from autoq.tasks.wikitext2 import windows
 
@@ -47,8 +47,9 @@ def test_cifar_loader_uses_model_transform_and_limit(tiny_cifar_dir, tiny_vit_ch
     # top-1 is the fraction of argmax == label
     with torch.inference_mode():
         pred = loaded.model(torch.stack(images)).argmax(-1).tolist()
-    *_, (done, acc) = scores(task, loaded, (images, labels))
-    assert done == 1 and acc == sum(p == y for p, y in zip(pred, labels)) / 5
+    hits = list(units(task, loaded, (images, labels)))   # one 1/0 per image
+    assert hits == [float(p == y) for p, y in zip(pred, labels)]
+    assert score(task, loaded, (images, labels)) == sum(hits) / 5
 
 
 def test_cifar_bad_folder(tmp_path, tiny_vit_checkpoint):
@@ -107,18 +108,17 @@ def test_perplexity_by_hand(fake_lm, text_file):
     task = get_task("wikitext2")
     wins = load_data(task, fake_lm, text_file, 4, None)
     assert wins.tolist() == [[0, 1, 2, 3], [0, 2, 1, 3], [3, 3, 0, 1]]  # tail dropped
-    *_, (done, ppl) = scores(task, fake_lm, wins)
-    assert done == 1 and ppl == pytest.approx(PPL_ALL, rel=1e-6)
-    partial = list(scores(task, fake_lm, wins, chunks=3))  # running value per window
-    assert [d for d, _ in partial] == pytest.approx([1 / 3, 2 / 3, 1])
-    assert [p for _, p in partial] == pytest.approx([PPL_ONE, PPL_TWO, PPL_ALL], rel=1e-6)
+    assert score(task, fake_lm, wins) == pytest.approx(PPL_ALL, rel=1e-6)
+    nlls = list(units(task, fake_lm, wins))      # one mean NLL per window
+    assert [task.metric_of(nlls[:k]) for k in (1, 2, 3)] == \
+        pytest.approx([PPL_ONE, PPL_TWO, PPL_ALL], rel=1e-6)
 
 
 def test_perplexity_limit(fake_lm, text_file):
     task = get_task("wikitext2")
     wins = load_data(task, fake_lm, text_file, 4, 2)
     assert wins.tolist() == [[0, 1, 2, 3], [0, 2, 1, 3]]
-    *_, (_, ppl) = scores(task, fake_lm, wins)
+    ppl = score(task, fake_lm, wins)
     assert ppl == pytest.approx(PPL_TWO, rel=1e-6)
     assert load_data(task, fake_lm, text_file, 4, 100).shape == (3, 4)
 

@@ -55,6 +55,7 @@ def fill(study: Study) -> dict[str, dict]:
                 continue
         say(f"evaluating {label}")
         new[label] = {**ev.run(resolved), "speed_source": "measured"}
+        new[label].pop("units")
     store(study, new)
     return new
 

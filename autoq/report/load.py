@@ -184,8 +184,12 @@ def read_storage(url: str, only: str | None = None) -> list[Study]:
             "layers": ft.user_attrs.get("layers", {}),
             "metrics": ft.user_attrs.get("metrics", {}),
             "duplicate_of": ft.user_attrs.get("duplicate_of")}))]
+        rescored = study.user_attrs.get("rescored", {})     # front configs scored in full
         measured = study.user_attrs.get("front_speed", {})  # re-measured Pareto configs
         for t in trials:
+            key = str(t.duplicate_of if t.duplicate_of is not None else t.number)
+            if isinstance(rescored, dict) and isinstance(rescored.get(key), dict):
+                t.metrics = {**t.metrics, **rescored[key].get("metrics", {})}
             if isinstance(measured, dict) and isinstance(measured.get(str(t.number)), dict):
                 t.metrics = {**t.metrics, **measured[str(t.number)]}
         baselines = study.user_attrs.get("baselines", {})

@@ -3,9 +3,12 @@
 Objectives: model size (MiB, minimise) and quality (ppl minimise / accuracy
 maximise), with the quality target (and optional --max-size-mib) as Optuna
 constraints. The study starts from measured baselines and sensitivity-seeded
-configs, then NSGA-II explores. Every trial reuses the process's quantized-layer
-cache, can be pruned early on part of the data when clearly worse than the
-target, and is recorded in the storage; the study folder gets trials.jsonl,
+configs, then a sampler (`sampler.py`, default: the recalibrated sensitivity
+model) explores. Every trial reuses the process's quantized-layer cache and
+stops scoring as soon as the data seen decides the target either way
+(`autoq.estimate`): clearly worse trials are pruned, clearly better ones complete
+with an estimated metric, and configs that end on the Pareto front are scored on
+all the data before anything is written. The study folder gets trials.jsonl,
 pareto.json, one plan per Pareto config and best.json, all written atomically.
 """
 
@@ -24,18 +27,20 @@ import optuna
 from optuna.trial import TrialState
 
 from ..errors import UserError
+from ..estimate import estimate
 from ..evaluate import EvalSettings, Evaluator
 from ..io import write_atomic, write_json
 from ..pareto import front_indices
 from ..plan import LayerConfig, Plan, uniform_plan
+from ..tasks import LINK, count
 from . import seed as seeding
+from .sampler import SAMPLERS, SamplerInputs
 from .sensitivity import measure_or_load
 from . import storage as store
 from .space import load_space, parse_option
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-PRUNE_MARGIN = {"ppl": 1.15, "accuracy": -0.10}  # x target / + target
 MAX_FAILS_IN_A_ROW = 5
 DEFAULT_SPACE = {"lm": "llama-per-layer", "vit": "vit-per-layer"}
 
@@ -55,7 +60,8 @@ class SearchSettings:
     seed: int = 0
     n_seeds: int | None = None
     speed: str = "predicted"           # or "measured" (every trial)
-    prune: bool = True
+    prune: bool = True                 # stop scoring a trial once the target is decided
+    sampler: str = "sensitivity"
     measure_front: int | None = None   # Pareto configs whose speed is re-measured (None: all)
     all_options: bool = False          # with gemlite: also options it cannot serve
 
@@ -73,8 +79,8 @@ def study_name(s: SearchSettings) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", base).strip("_")
 
 
-def trial_record(t: optuna.trial.FrozenTrial, target_ok: Callable[[dict], bool]) -> dict:
-    metrics = t.user_attrs.get("metrics", {})
+def trial_record(t: optuna.trial.FrozenTrial, target_ok: Callable[[dict], bool],
+                 metrics: dict) -> dict:
     rec = {"number": t.number, "state": t.state.name, "origin": t.user_attrs.get("origin", "sampler"),
            "layers": t.user_attrs.get("layers", {}), "metrics": metrics,
            "feasible": t.state == TrialState.COMPLETE and target_ok(metrics)}
@@ -112,8 +118,10 @@ class Search:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.study = self._open_study()
         self.latency = None
-        self.prune_at: float | None = None
-        self.fp_curve: dict[str, float] | None = None
+        self.early = False                 # early stopping on (the target is reachable)
+        self.max_bits: float | None = None  # --max-size-mib for the searched layers
+        self.bits: dict | None = None
+        self.reference_units: dict[str, list[float]] = {}
 
     # ---- setup ----------------------------------------------------------------------
     def _allowed(self):
@@ -135,8 +143,9 @@ class Search:
 
     def _open_study(self) -> optuna.Study:
         storage = self.storage
-        pop = max(4, min(16, self._n_seeds()))
-        sampler = optuna.samplers.NSGAIISampler(population_size=pop, seed=self.s.seed)
+        if self.s.sampler not in SAMPLERS:
+            raise UserError(f"--sampler {self.s.sampler!r}: use one of {', '.join(SAMPLERS)}.")
+        sampler = optuna.samplers.RandomSampler(seed=self.s.seed)  # replaced once seeded
         senses = ["minimize", "maximize" if self.task.higher_is_better else "minimize"]
         try:
             study = optuna.create_study(storage=storage, study_name=self.name, sampler=sampler,
@@ -213,6 +222,7 @@ class Search:
                 resolved = plan.resolve(self.ev.shapes, self.ev.loaded.heads)
             self.say(f"baseline {label}: evaluating")
             metrics = self.ev.run(resolved, speed=True)
+            self._save_units(label, metrics.pop("units"))
             metrics["speed_source"] = "measured"
             have = {**have, **self.study.user_attrs.get("baselines", {}), label: metrics}
             self.say(f"baseline {label}: {self.metric} {metrics[self.metric]:.4g}, "
@@ -224,6 +234,26 @@ class Search:
         self.study.set_user_attr("baselines", have)
         write_json(self.dir / "baselines.json", have)
         return have
+
+    def _units_path(self) -> Path:
+        return Path(self.s.out) / "baselines" / f"units-{self._protocol_key()}.json"
+
+    def _save_units(self, label: str, units: list[float]) -> None:
+        """Per-window/per-image values of a reference config, shared like the baselines."""
+        path = self._units_path()
+        known = json.loads(path.read_text()) if path.exists() else {}
+        write_json(path, {**known, label: units})
+
+    def references(self) -> dict[str, list[float]]:
+        """Configs scored on all the data, per unit: the baselines and every trial
+        scored in full (the estimates of partly scored trials lean on these)."""
+        refs = dict(self.reference_units)
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            if "units" in t.user_attrs:
+                refs[f"trial {t.number}"] = t.user_attrs["units"]
+        for number, entry in self.study.user_attrs.get("rescored", {}).items():
+            refs[f"trial {number}"] = entry["units"]
+        return refs
 
     def _protocol_key(self) -> str:
         ident = [self.s.eval.model, self.s.eval.checkpoint, self.task.name, self.ev.protocol,
@@ -273,21 +303,42 @@ class Search:
             self._layer_bits(n, None) for n in searched)
         return self.s.max_size_mib * 2**20 * 8 - fixed
 
-    def enqueue_seeds(self, baselines: dict, sens: dict) -> None:
+    def loss(self, metrics: dict, fp: float) -> float | None:
+        """Quality loss against the unquantized model, in the units the sensitivity
+        model predicts: log(ppl / fp ppl), or the accuracy drop."""
+        v = metrics.get(self.metric)
+        if v is None or not math.isfinite(v) or (self.metric == "ppl" and v <= 0):
+            return None
+        return math.log(v / fp) if self.metric == "ppl" else fp - v
+
+    def enqueue_seeds(self, costs: dict, bits: dict, budget: float | None,
+                      scale: float | None, max_bits: float | None) -> None:
         if self.study.user_attrs.get("seeded"):
             return
-        costs, bits = self.costs_and_bits(sens)
-        max_cost = None
-        scale = self.loss_scale(baselines, sens)
-        if scale and "fp" in baselines and self.s.target > baselines["fp"]["ppl"]:
-            max_cost = math.log(self.s.target / baselines["fp"]["ppl"]) / scale
-        configs = seeding.seeds(costs, bits, self._n_seeds(), max_cost,
-                                self._max_choice_bits(baselines))
+        max_cost = budget / scale if budget is not None and scale else None
+        configs = seeding.seeds(costs, bits, self._n_seeds(), max_cost, max_bits)
         for cfg in configs:
             self.study.enqueue_trial(cfg, user_attrs={"origin": "seed"}, skip_if_exists=True)
         self.study.set_user_attr("seeded", len(configs))
         self.say(f"enqueued {len(configs)} seed configs from sensitivities"
                  + (f" (loss scale {scale:.3g})" if scale else ""))
+
+    def plug_sampler(self, baselines: dict, sens: dict) -> None:
+        """Seeds first (once per study), then the --sampler for every later trial."""
+        costs, bits = self.costs_and_bits(sens)
+        fp = baselines.get("fp", {}).get(self.metric)
+        budget = None
+        if fp is not None and self.task.meets(fp, self.s.target) and fp != self.s.target:
+            budget = self.loss({self.metric: self.s.target}, fp)
+        scale = self.loss_scale(baselines, sens)
+        self.max_bits = self._max_choice_bits(baselines)
+        self.bits = bits
+        self.enqueue_seeds(costs, bits, budget, scale, self.max_bits)
+        inputs = SamplerInputs(
+            costs, bits, budget, scale=scale, max_bits=self.max_bits, seed=self.s.seed,
+            loss_of=lambda t: None if fp is None else self.loss(t.user_attrs.get("metrics", {}), fp),
+            population=max(4, min(16, self._n_seeds())))
+        self.study.sampler = SAMPLERS[self.s.sampler](inputs)
 
     # ---- trials -------------------------------------------------------------------
     def objective(self, trial: optuna.Trial):
@@ -317,21 +368,19 @@ class Search:
         dup = next((t for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
                     if t.params == trial.params and "metrics" in t.user_attrs), None)
         if dup is not None:
-            metrics = dict(dup.user_attrs["metrics"])
+            metrics = self.metrics_of(dup)
             trial.set_user_attr("duplicate_of", dup.number)
         else:
-            def on_partial(fraction, value):
-                partial = {self.metric: value, "fraction": fraction}
-                if self.prune_at is not None and \
-                        not self.task.meets(self.full_equivalent(fraction, value), self.prune_at):
-                    self.constrain(trial, partial)
-                    trial.set_user_attr("metrics", partial)
-                    trial.set_user_attr("pruned_at", fraction)
-                    raise optuna.TrialPruned(f"{self.metric} {value:.4g} after {fraction:.0%}")
-
-            chunks = self.task.spec.get("prune_chunks", 4) if self.prune_at is not None else 1
-            metrics = self.ev.run(resolved, speed=self.s.speed == "measured", chunks=chunks,
-                                  on_partial=on_partial)
+            metrics, verdict = self._score(labels, resolved)
+            if verdict == "infeasible":
+                self.constrain(trial, metrics)
+                trial.set_user_attr("metrics", metrics)
+                trial.set_user_attr("pruned_at", metrics["fraction"])
+                raise optuna.TrialPruned(f"{self.metric} ~{metrics[self.metric]:.4g} after "
+                                         f"{metrics['fraction']:.0%} of the data")
+            if metrics["fraction"] == 1:
+                trial.set_user_attr("units", metrics.pop("units"))
+            metrics.pop("units", None)
             self._add_speed(metrics, resolved)
         trial.set_user_attr("metrics", metrics)
         if not math.isfinite(metrics[self.metric]):
@@ -340,39 +389,79 @@ class Search:
         self.constrain(trial, metrics)
         return metrics["size_mib"], metrics[self.metric]
 
-    def pruning_threshold(self, baselines: dict) -> float | None:
-        """Prune a trial whose running metric is this much worse than the target, but
-        only when the target is reachable at all (the unquantized model meets it)."""
+    def _score(self, labels: dict, resolved) -> tuple[dict, str | None]:
+        """Score until the data seen decides the target (or all of it); the metric of
+        a partly scored trial is the estimate for all the data, with its interval."""
+        oversize = self.max_bits is not None and self.bits is not None and \
+            sum(self.bits[p][o] for p, o in labels.items()) > self.max_bits
+        verdicts: list[str] = []
+
+        def stop(units: list[float]) -> bool:
+            if units and not math.isfinite(units[-1]):
+                verdicts.append("nan")
+                return True
+            verdict = self.judge(units, oversize)
+            if verdict:
+                verdicts.append(verdict)
+            return verdict is not None
+
+        metrics = self.ev.run(resolved, speed=self.s.speed == "measured",
+                              check_every=self.check_every, stop=stop)
+        verdict = verdicts[-1] if verdicts else None
+        units = metrics["units"]
+        if metrics["fraction"] < 1 and verdict != "nan":
+            est = estimate(units, self.total_units, self.references()) if units else None
+            metrics[self.metric] = LINK[self.metric](est.mean) if est else math.nan
+            if est:
+                metrics[f"{self.metric}_interval"] = list(self._interval(est))
+                metrics["estimated_from"] = est.reference
+        return metrics, verdict
+
+    def early_stopping(self, baselines: dict) -> bool:
+        """Stop scoring trials early only when the target is reachable at all (the
+        unquantized model meets it); loads (or measures once) the references' units."""
         if not self.s.prune:
-            return None
+            return False
         fp = baselines.get("fp", {}).get(self.metric)
         if fp is not None and not self.task.meets(fp, self.s.target):
             self.say(f"the unquantized model has {self.metric} {fp:.4g}, which misses the "
                      f"target {self.s.target:g}: no config can meet it; mapping the trade-off "
-                     "without pruning")
+                     "with every trial scored on all the data")
+            return False
+        path = self._units_path()
+        self.reference_units = json.loads(path.read_text()) if path.exists() else {}
+        if "fp" not in self.reference_units:
+            self.say("scoring the unquantized model per window (reference for early stopping)")
+            self._save_units("fp", self.ev.run({n: None for n in self.ev.shapes},
+                                               speed=False)["units"])
+            self.reference_units = json.loads(path.read_text())
+        return True
+
+    def judge(self, units: list[float], oversize: bool) -> str | None:
+        """'infeasible' or 'feasible' once the units seen decide the target with Z
+        standard errors to spare (`autoq.estimate`); None: score on."""
+        if oversize:
+            return "infeasible"
+        if not self.early or len(units) < self.check_every:
             return None
-        m = PRUNE_MARGIN[self.metric]
-        return self.s.target * m if self.metric == "ppl" else self.s.target + m
+        lo, hi = self._interval(estimate(units, self.total_units, self.references()))
+        worst, best = (lo, hi) if self.task.higher_is_better else (hi, lo)
+        if self.task.meets(worst, self.s.target):
+            return "feasible"
+        if not self.task.meets(best, self.s.target):
+            return "infeasible"
+        return None
 
-    def full_equivalent(self, fraction: float, value: float) -> float:
-        """A running metric on part of the data, carried to the whole data by how the
-        unquantized model's running metric differed there (windows differ in difficulty)."""
-        curve = self.fp_curve or {}
-        ref, full = curve.get(f"{fraction:.4f}"), curve.get("1.0000")
-        if ref is None or full is None:
-            return value
-        return value * full / ref if self.metric == "ppl" else value + full - ref
+    def _interval(self, est) -> tuple[float, float]:
+        return est.interval(LINK[self.metric])
 
-    def _fp_partial(self) -> dict[str, float]:
-        curve: dict[str, float] = {}
-        fp = {n: None for n in self.ev.shapes}
-        chunks = self.task.spec.get("prune_chunks", 4)
-        self.say("measuring the unquantized model's running metric (for pruning)")
-        final = self.ev.run(fp, speed=False, chunks=chunks,
-                            on_partial=lambda f, v: curve.__setitem__(f"{f:.4f}", v))
-        curve["1.0000"] = final[self.metric]
-        self.study.set_user_attr("fp_partial", curve)
-        return curve
+    @property
+    def check_every(self) -> int:
+        return int(self.task.spec.get("check_every", 1))
+
+    @property
+    def total_units(self) -> int:
+        return count(self.task, self.ev.dataset)
 
     def _add_speed(self, metrics: dict, resolved) -> None:
         if self.s.speed == "measured":
@@ -395,11 +484,9 @@ class Search:
 
     def run(self) -> Outcome:
         base = self.baselines()
-        self.prune_at = self.pruning_threshold(base)
-        if self.prune_at is not None:  # measured before any trial (it re-applies the model)
-            self.fp_curve = self.study.user_attrs.get("fp_partial") or self._fp_partial()
+        self.early = self.early_stopping(base)
         sens = self.sensitivity()
-        self.enqueue_seeds(base, sens)
+        self.plug_sampler(base, sens)
         start, fails, storage_errors, durations = time.time(), 0, 0, []
         try:
             while True:
@@ -473,35 +560,78 @@ class Search:
                  f"ETA {eta / 60:.1f} min")
 
     def best_trial(self):
-        ok = [t for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-              if self.meets(t.user_attrs.get("metrics", {}))]
-        return min(ok, key=lambda t: (t.user_attrs["metrics"]["size_mib"], t.number)) if ok \
-            else None
+        rescored = self.study.user_attrs.get("rescored", {})
+        ok = [(self.metrics_of(t, rescored), t) for t in
+              self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+        ok = [(m, t) for m, t in ok if self.meets(m)]
+        return min(ok, key=lambda mt: (mt[0]["size_mib"], mt[1].number))[1] if ok else None
+
+    def metrics_of(self, t, rescored: dict | None = None) -> dict:
+        """A trial's metrics; for a partly scored config that was later scored on all
+        the data (a Pareto config), the full-data ones."""
+        if rescored is None:
+            rescored = self.study.user_attrs.get("rescored", {})
+        full = rescored.get(str(t.user_attrs.get("duplicate_of", t.number)))
+        metrics = dict(t.user_attrs.get("metrics", {}))
+        return {**metrics, **full["metrics"]} if full else metrics
 
     def write_trials(self) -> None:
         """trials.jsonl from the storage; under the folder lock, so the last writer
         among several workers also read the storage last."""
         states = FINISHED + (TrialState.FAIL,)
         with store.file_lock(self.dir / ".lock"):
-            lines = [trial_record(t, self.meets) for t in self.study.get_trials(states=states)]
+            rescored = self.study.user_attrs.get("rescored", {})
+            lines = [trial_record(t, self.meets, self.metrics_of(t, rescored))
+                     for t in self.study.get_trials(states=states)]
             write_atomic(self.dir / "trials.jsonl", "".join(json.dumps(r) + "\n" for r in lines))
 
     # ---- outputs ------------------------------------------------------------------
     def finalize(self) -> Outcome:
-        """Pareto plans, pareto.json and best.json; front speeds are measured first,
-        then the files are written under the folder lock (one worker at a time)."""
+        """Pareto plans, pareto.json and best.json. Partly scored configs on the front
+        are scored on all the data first (until the front is all full-data scores),
+        front speeds are measured, then the files are written under the folder lock."""
         done = [t for t in self.study.get_trials(states=(TrialState.COMPLETE,))
                 if "metrics" in t.user_attrs and "duplicate_of" not in t.user_attrs]
-        senses = ("min", "max" if self.task.higher_is_better else "min")
-        pts = [(t.user_attrs["metrics"]["size_mib"], t.user_attrs["metrics"][self.metric])
-               for t in done]
-        front = sorted((done[i] for i in front_indices(pts, senses)),
-                       key=lambda t: t.user_attrs["metrics"]["size_mib"])
+        while True:
+            front = self.front(done)
+            partial = [t for t in front if self.metrics_of(t).get("fraction", 1) < 1]
+            if not partial:
+                break
+            for t in partial:
+                self.rescore(t)
+            self.write_trials()
         chosen = self._to_measure(front)
-        measured = [self._front_metrics(t) if i in chosen else dict(t.user_attrs["metrics"])
+        measured = [self._front_metrics(t) if i in chosen else self.metrics_of(t)
                     for i, t in enumerate(front)]
         with store.file_lock(self.dir / ".lock"):
             return self._write_front(front, measured)
+
+    def front(self, done: list) -> list:
+        rescored = self.study.user_attrs.get("rescored", {})
+        metrics = {t.number: self.metrics_of(t, rescored) for t in done}
+        senses = ("min", "max" if self.task.higher_is_better else "min")
+        pts = [(metrics[t.number]["size_mib"], metrics[t.number][self.metric]) for t in done]
+        return sorted((done[i] for i in front_indices(pts, senses)),
+                      key=lambda t: metrics[t.number]["size_mib"])
+
+    def rescore(self, t) -> None:
+        """Score a partly scored Pareto config on all the data; kept with the study
+        (its estimate too, under `estimate`)."""
+        old = t.user_attrs["metrics"]
+        if str(t.number) in self.study.user_attrs.get("rescored", {}):
+            return  # another worker did it
+        self.say(f"scoring Pareto trial {t.number} on all the data (estimated "
+                 f"{self.metric} {old[self.metric]:.4g} from {old['fraction']:.0%} of it)")
+        t0 = time.perf_counter()
+        full = self.ev.run(trial_layers(t), speed=False)
+        units = full.pop("units")
+        estimate_ = {k: old[k] for k in (self.metric, f"{self.metric}_interval",
+                                         "estimated_from", "fraction") if k in old}
+        metrics = {**{k: v for k, v in old.items() if k not in estimate_}, **full,
+                   "estimate": estimate_, "rescore_seconds": time.perf_counter() - t0}
+        rescored = dict(self.study.user_attrs.get("rescored", {}))
+        rescored[str(t.number)] = {"metrics": metrics, "units": units}
+        self.study.set_user_attr("rescored", rescored)
 
     def _to_measure(self, front: list) -> set[int]:
         """Front positions whose speed is re-measured: all, or (--measure-front N) the
@@ -544,7 +674,7 @@ class Search:
 
     def _front_metrics(self, t) -> dict:
         """Front configs: speed re-measured (not predicted), stored back in the trial."""
-        metrics = dict(t.user_attrs["metrics"])
+        metrics = self.metrics_of(t)
         if metrics.get("speed_source") == "measured":
             return metrics
         known = self.study.user_attrs.get("front_speed", {})

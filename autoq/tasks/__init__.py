@@ -1,15 +1,18 @@
 """Evaluation tasks: `eval/<name>.yaml` declares the data and defaults; a scorer
 registered here under the same name computes the metric.
 
-A scorer is a generator: it yields the running metric after each chunk of the
-data, so a search can prune a hopeless trial early; the last value is the score.
+A scorer is a generator of per-unit values, in data order: the mean next-token
+NLL of each window (wikitext2), 1/0 for each image's top-1 hit (cifar100). The
+metric is a fixed function of their mean (`Task.metric_of`), so a search can
+stop a trial after part of the data and estimate the rest (`autoq.estimate`).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import yaml
 
@@ -34,18 +37,28 @@ class Task:
     def meets(self, value: float, target: float) -> bool:
         return value >= target if self.higher_is_better else value <= target
 
+    def metric_of(self, units: Sequence[float]) -> float:
+        """The metric from per-unit values: exp(mean NLL) or the hit rate."""
+        return LINK[self.metric](sum(units) / len(units))
+
+
+LINK = {"ppl": math.exp, "accuracy": lambda mean: mean}
+
 
 @dataclass(frozen=True)
 class TaskImpl:
     load: Callable      # (task, loaded_model, data, seq_len, limit) -> dataset object
-    score: Callable     # (loaded_model, dataset, chunks) -> Iterator[(fraction_done, value)]
+    units: Callable     # (loaded_model, dataset) -> Iterator[float], one value per window/image
+    count: Callable     # (dataset) -> number of units
+    take: Callable      # (dataset, indices) -> the dataset with only these units, in this order
 
 
 IMPLS: dict[str, TaskImpl] = {}
 
 
-def register(name: str, load: Callable, score: Callable) -> None:
-    IMPLS[name] = TaskImpl(load, score)
+def register(name: str, load: Callable, units: Callable, count: Callable,
+             take: Callable) -> None:
+    IMPLS[name] = TaskImpl(load, units, count, take)
 
 
 def task_names() -> list[str]:
@@ -71,8 +84,21 @@ def check_data_path(data: str | None, want_dir: bool) -> Path | None:
     return p
 
 
-def scores(task: Task, loaded, dataset, chunks: int = 1) -> Iterator[tuple[float, float]]:
-    return IMPLS[task.name].score(loaded, dataset, chunks)
+def units(task: Task, loaded, dataset) -> Iterator[float]:
+    return IMPLS[task.name].units(loaded, dataset)
+
+
+def count(task: Task, dataset) -> int:
+    return IMPLS[task.name].count(dataset)
+
+
+def take(task: Task, dataset, indices: Sequence[int]):
+    return IMPLS[task.name].take(dataset, indices)
+
+
+def score(task: Task, loaded, dataset) -> float:
+    """The metric on all the data."""
+    return task.metric_of(list(units(task, loaded, dataset)))
 
 
 KIND_WORDS = {"lm": "a causal language model", "vit": "an image classifier (ViT)"}

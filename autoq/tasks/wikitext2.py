@@ -8,7 +8,6 @@ predictions), and ppl = exp(mean over windows). `limit` keeps the first N window
 
 from __future__ import annotations
 
-import math
 from typing import Iterator
 
 import torch
@@ -63,19 +62,10 @@ def window_nll(model, window: torch.Tensor) -> float:
     return torch.nn.functional.cross_entropy(logits, window[1:]).item()
 
 
-def ppl_from_nlls(nlls: list[float]) -> float:
-    return math.exp(sum(nlls) / len(nlls))
-
-
 @torch.inference_mode()
-def score(loaded, wins: torch.Tensor, chunks: int = 1) -> Iterator[tuple[float, float]]:
-    n = len(wins)
-    marks = {max(1, round(n * (i + 1) / chunks)) for i in range(chunks)}
-    nlls: list[float] = []
-    for i in track(range(n), "perplexity", total=n):
-        nlls.append(window_nll(loaded.model, wins[i].to(loaded.device)))
-        if i + 1 in marks:
-            yield (i + 1) / n, ppl_from_nlls(nlls)
+def units(loaded, wins: torch.Tensor) -> Iterator[float]:
+    for i in track(range(len(wins)), "perplexity", total=len(wins)):
+        yield window_nll(loaded.model, wins[i].to(loaded.device))
 
 
-register("wikitext2", load, score)
+register("wikitext2", load, units, len, lambda wins, idx: wins[list(idx)])

@@ -1,0 +1,143 @@
+"""Samplers for the trials after the seeds, by name (`--sampler`).
+
+`sensitivity` (the default) proposes what the additive sensitivity model says is
+the smallest config meeting the target, with two corrections from the trials
+measured so far:
+
+- calibration: the model's predicted loss is rescaled to the measured quality
+  loss of the trials predicted nearest to the target (the additive model is
+  right about the order of layers more than about the absolute loss), and
+- exploration: every layer's sensitivity is multiplied by exp(sigma * N(0, 1))
+  before the knapsack is solved (Thompson-style), so each trial is a plausible
+  optimum under the sensitivities' uncertainty; proposals differ from the best
+  configs in the few layers the model is least sure about. A share `explore` of
+  the trials goes anywhere along the size range instead, for the rest of the front.
+
+`nsga2` and `random` are Optuna's own, for comparison.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import statistics
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+import optuna
+from optuna.distributions import CategoricalDistribution
+from optuna.trial import FrozenTrial, TrialState
+
+from . import seed as seeding
+
+
+@dataclass(frozen=True)
+class SamplerInputs:
+    costs: Mapping[str, Mapping[str, float]]   # param -> option -> predicted loss
+    bits: Mapping[str, Mapping[str, float]]    # param -> option -> bits
+    budget: float | None          # the target as a measured loss (None: no reachable target)
+    loss_of: Callable[[FrozenTrial], float | None]  # a finished trial's measured loss
+    scale: float | None           # measured loss per predicted loss, from the baselines
+    max_bits: float | None        # --max-size-mib for the searched layers
+    seed: int
+    population: int               # for nsga2
+
+
+SAMPLERS: dict[str, Callable[[SamplerInputs], optuna.samplers.BaseSampler]] = {}
+
+
+def register(name: str):
+    def wrap(make):
+        SAMPLERS[name] = make
+        return make
+    return wrap
+
+
+@register("sensitivity")
+def _sensitivity(i: SamplerInputs) -> optuna.samplers.BaseSampler:
+    return SensitivitySampler(i)
+
+
+@register("nsga2")
+def _nsga2(i: SamplerInputs) -> optuna.samplers.BaseSampler:
+    return optuna.samplers.NSGAIISampler(population_size=i.population, seed=i.seed)
+
+
+@register("random")
+def _random(i: SamplerInputs) -> optuna.samplers.BaseSampler:
+    return optuna.samplers.RandomSampler(seed=i.seed)
+
+
+def key(params: Mapping[str, str]) -> tuple:
+    return tuple(sorted(params.items()))
+
+
+def calibrated_budget(pairs: list[tuple[float, float]], budget: float,
+                      scale: float | None, near: int = 4) -> float | None:
+    """The predicted loss that corresponds to the measured `budget`: the ratio
+    measured/predicted of the `near` trials predicted closest to it (else `scale`)."""
+    ratios = [(p, m / p) for p, m in pairs if p > 0 and m > 0 and math.isfinite(m)]
+    k = scale or (statistics.median(r for _, r in ratios) if ratios else None)
+    if not k:
+        return None
+    guess = budget / k
+    closest = sorted(ratios, key=lambda pr: abs(math.log(pr[0] / guess)))[:near]
+    if closest:
+        k = statistics.median(r for _, r in closest)
+    return budget / k
+
+
+def propose(rng: random.Random, costs, bits, want: float | None, max_bits: float | None,
+            sigma: float) -> dict[str, str]:
+    """One knapsack solution under randomly perturbed sensitivities: the smallest
+    hull config whose (unperturbed) predicted loss is <= `want` (None: any size)."""
+    noisy = {}
+    for p, row in costs.items():
+        f = math.exp(sigma * rng.gauss(0.0, 1.0))
+        noisy[p] = {o: c * f for o, c in row.items()}
+    hull = seeding.hull(noisy, bits, steps=160)
+    scored = [(seeding.totals(c, costs, bits), c) for c in hull]
+    if max_bits is not None:
+        scored = [s for s in scored if s[0][1] <= max_bits] or scored[-1:]
+    if want is None:
+        return rng.choice(scored)[1]
+    ok = [s for s in scored if s[0][0] <= want]
+    if not ok:
+        return min(scored, key=lambda s: s[0][0])[1]
+    return min(ok, key=lambda s: s[0][1])[1]
+
+
+class SensitivitySampler(optuna.samplers.BaseSampler):
+    def __init__(self, inputs: SamplerInputs, sigma: float = 0.3, explore: float = 0.2,
+                 tries: int = 12):
+        self.i, self.sigma, self.explore, self.tries = inputs, sigma, explore, tries
+
+    def infer_relative_search_space(self, study, trial):
+        return {p: CategoricalDistribution(list(row)) for p, row in self.i.costs.items()}
+
+    def sample_relative(self, study, trial, search_space):
+        if not search_space or trial.system_attrs.get("fixed_params"):
+            return {}  # an enqueued (seed, retried) trial brings its own params
+        rng = random.Random(f"{self.i.seed}:{trial.number}")
+        trials = study.get_trials(deepcopy=False)
+        seen = {key(t.params) for t in trials if t.number != trial.number}
+        pairs = []
+        for t in trials:
+            if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and set(t.params) >= set(self.i.costs):
+                loss = self.i.loss_of(t)
+                if loss is not None:
+                    pairs.append((seeding.totals(t.params, self.i.costs, self.i.bits)[0], loss))
+        target = None if self.i.budget is None else \
+            calibrated_budget(pairs, self.i.budget, self.i.scale)
+        cfg: dict[str, str] = {}
+        for _ in range(self.tries):
+            want = None if target is None or rng.random() < self.explore else \
+                target * math.exp(rng.gauss(0.0, 0.05))
+            cfg = propose(rng, self.i.costs, self.i.bits, want, self.i.max_bits, self.sigma)
+            if key(cfg) not in seen:
+                break
+        return cfg
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        rng = random.Random(f"{self.i.seed}:{trial.number}:{param_name}")
+        return rng.choice(param_distribution.choices)
