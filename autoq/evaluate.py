@@ -91,11 +91,14 @@ class Evaluator:
 
     def run(self, resolved: Mapping[str, LayerConfig | None], *, speed: bool = True,
             check_every: int | None = None,
-            stop: Callable[[list[float]], bool] | None = None) -> dict:
+            stop: Callable[[list[float]], bool] | None = None,
+            done: list[float] | None = None) -> dict:
         """Quantize per `resolved`, then score. Every `check_every` units (and once
         before the first), `stop(units so far)` may end the scoring early: the
         metric is then on the part seen, `fraction` < 1. The per-unit values are
-        returned under `units`, in scoring order (the same fixed shuffle every time)."""
+        returned under `units`, in scoring order (the same fixed shuffle every time).
+        `done`: the first units of this same config, scored before: only the rest is
+        scored (each window / image is scored on its own, so the result is the same)."""
         size, served = self.serve(resolved)
         t = time.perf_counter()
         fast = self.fast_scoring and self.backend == "hqq"
@@ -105,10 +108,11 @@ class Evaluator:
             for name, module in list(self.loaded.model.named_modules()):
                 if isinstance(module, HQQLinear):
                     set_module(self.loaded.model, name, self.cache.dequantized(module))
-        total, seen = count(self.task, self.dataset), []
+        total, seen = count(self.task, self.dataset), list(done or [])
+        rest = take(self.task, self.shuffled, range(len(seen), total))
         try:
-            if stop is None or not stop(seen):
-                for value in units(self.task, self.loaded, self.shuffled):
+            if len(seen) < total and (stop is None or not stop(seen)):
+                for value in units(self.task, self.loaded, rest):
                     seen.append(value)
                     if stop is not None and check_every and len(seen) % check_every == 0 \
                             and len(seen) < total and stop(seen):

@@ -247,6 +247,18 @@ def test_fast_scoring_gives_the_same_metric_and_restores_hqq_layers(tiny_llama_d
         assert isinstance(layer, HQQLinear)   # speed and saving see the real layers again
 
 
+def test_scoring_can_stop_and_continue_where_it_stopped(tiny_llama_dir, tiny_text_file):
+    from autoq.evaluate import EvalSettings, Evaluator
+
+    ev = Evaluator(EvalSettings(f"hf:{tiny_llama_dir}", "wikitext2", str(tiny_text_file), 32, 12))
+    resolved = {n: (None if n == "lm_head" else LayerConfig(4, 32)) for n in ev.shapes}
+    full = ev.run(resolved, speed=False)
+    part = ev.run(resolved, speed=False, check_every=4, stop=lambda u: len(u) >= 4)
+    assert part["fraction"] == pytest.approx(4 / 12) and part["units"] == full["units"][:4]
+    rest = ev.run(resolved, speed=False, done=part["units"])
+    assert rest["units"] == full["units"] and rest["ppl"] == full["ppl"]
+
+
 def test_early_stopping_estimates_trials_and_scores_the_front_in_full(tmp_path, tiny_llama_dir,
                                                                      tiny_text_file):
     """Trials stop once the windows seen decide the target; every Pareto config is then
@@ -275,3 +287,11 @@ def test_early_stopping_estimates_trials_and_scores_the_front_in_full(tmp_path, 
         plan = folder / entry["plan"]
         again = json.loads(runner.invoke(app, ["eval", *common, "--plan", str(plan), "--json"]).stdout)
         assert again["ppl"] == pytest.approx(entry["metrics"]["ppl"], rel=1e-5)
+
+
+def test_unknown_sampler_is_one_sentence(tmp_path, tiny_llama_dir, tiny_text_file):
+    result = runner.invoke(app, ["search", "--model", f"hf:{tiny_llama_dir}", "--data",
+                                 str(tiny_text_file), "--target-ppl", "10", "--sampler", "cma",
+                                 "--out", str(tmp_path / "o"), "-q"])
+    assert result.exit_code == 2 and "--sampler 'cma'" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "o").exists()

@@ -25,6 +25,8 @@ def _trial_hover(study: Study, t: Trial, plans: dict[int, str]) -> str:
     m = t.metrics
     lines = [f"<b>{html.escape(study.name)}</b> · trial {t.number} ({t.origin})",
              fmt_metric(study.metric, study.quality(m))]
+    if (f := number(m.get("fraction"))) is not None and f < 1:
+        lines[-1] += f" (estimated from {f:.0%} of the data)"
     for key, fmt in (("size_mib", "{:.1f} MiB"), ("bits_per_weight", "{:.2f} bits/weight"),
                      (study.speed_key, "{:.3g} " + study.speed_key.replace("_per_s", "/s"))):
         if (v := number(m.get(key))) is not None:

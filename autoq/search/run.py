@@ -95,6 +95,8 @@ def trial_record(t: optuna.trial.FrozenTrial, target_ok: Callable[[dict], bool],
 class Search:
     def __init__(self, s: SearchSettings, say: Callable[[str], None] = lambda m: None):
         self.s, self.say = s, say
+        if s.sampler not in SAMPLERS:
+            raise UserError(f"--sampler {s.sampler!r}: use one of {', '.join(SAMPLERS)}.")
         if s.storage:
             store.check_url(s.storage)  # a typo fails before the model loads
         self.beat_s, self.grace_s = store.timing()
@@ -143,8 +145,6 @@ class Search:
 
     def _open_study(self) -> optuna.Study:
         storage = self.storage
-        if self.s.sampler not in SAMPLERS:
-            raise UserError(f"--sampler {self.s.sampler!r}: use one of {', '.join(SAMPLERS)}.")
         sampler = optuna.samplers.RandomSampler(seed=self.s.seed)  # replaced once seeded
         senses = ["minimize", "maximize" if self.task.higher_is_better else "minimize"]
         try:
@@ -248,8 +248,9 @@ class Search:
         """Configs scored on all the data, per unit: the baselines and every trial
         scored in full (the estimates of partly scored trials lean on these)."""
         refs = dict(self.reference_units)
+        total = self.total_units
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            if "units" in t.user_attrs:
+            if len(t.user_attrs.get("units", ())) == total:
                 refs[f"trial {t.number}"] = t.user_attrs["units"]
         for number, entry in self.study.user_attrs.get("rescored", {}).items():
             refs[f"trial {number}"] = entry["units"]
@@ -378,9 +379,7 @@ class Search:
                 trial.set_user_attr("pruned_at", metrics["fraction"])
                 raise optuna.TrialPruned(f"{self.metric} ~{metrics[self.metric]:.4g} after "
                                          f"{metrics['fraction']:.0%} of the data")
-            if metrics["fraction"] == 1:
-                trial.set_user_attr("units", metrics.pop("units"))
-            metrics.pop("units", None)
+            trial.set_user_attr("units", metrics.pop("units"))  # a rescore continues from here
             self._add_speed(metrics, resolved)
         trial.set_user_attr("metrics", metrics)
         if not math.isfinite(metrics[self.metric]):
@@ -620,10 +619,10 @@ class Search:
         old = t.user_attrs["metrics"]
         if str(t.number) in self.study.user_attrs.get("rescored", {}):
             return  # another worker did it
-        self.say(f"scoring Pareto trial {t.number} on all the data (estimated "
+        self.say(f"scoring the rest of Pareto trial {t.number}'s data (estimated "
                  f"{self.metric} {old[self.metric]:.4g} from {old['fraction']:.0%} of it)")
         t0 = time.perf_counter()
-        full = self.ev.run(trial_layers(t), speed=False)
+        full = self.ev.run(trial_layers(t), speed=False, done=t.user_attrs.get("units"))
         units = full.pop("units")
         estimate_ = {k: old[k] for k in (self.metric, f"{self.metric}_interval",
                                          "estimated_from", "fraction") if k in old}

@@ -11,7 +11,7 @@ measured so far:
   before the knapsack is solved (Thompson-style), so each trial is a plausible
   optimum under the sensitivities' uncertainty; proposals differ from the best
   configs in the few layers the model is least sure about. A share `explore` of
-  the trials goes anywhere along the size range instead, for the rest of the front.
+  the trials (10%) goes anywhere along the size range instead, for the rest of the front.
 
 `nsga2` and `random` are Optuna's own, for comparison.
 """
@@ -108,7 +108,7 @@ def propose(rng: random.Random, costs, bits, want: float | None, max_bits: float
 
 
 class SensitivitySampler(optuna.samplers.BaseSampler):
-    def __init__(self, inputs: SamplerInputs, sigma: float = 0.3, explore: float = 0.2,
+    def __init__(self, inputs: SamplerInputs, sigma: float = 0.3, explore: float = 0.1,
                  tries: int = 12):
         self.i, self.sigma, self.explore, self.tries = inputs, sigma, explore, tries
 
