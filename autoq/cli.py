@@ -47,11 +47,6 @@ def command(fn):
     return app.command()(wrapper)
 
 
-def without_units(metrics: dict) -> dict:
-    """Metrics as shown to a user: the per-window/per-image values left out."""
-    return {k: v for k, v in metrics.items() if k != "units"}
-
-
 def _table(title: str, rows: dict) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -99,8 +94,10 @@ def eval(model: str = Model, task: Optional[str] = Task, data: Optional[str] = D
         the_plan = uniform_plan(model, cfg, ev.shapes, ev.loaded.heads)
     resolved = ev.resolve(the_plan, str(plan) if plan else "--uniform") if the_plan else \
         {n: None for n in ev.shapes}
+    metrics = ev.run(resolved)
+    metrics.pop("units")  # per-window / per-image values: for a search, not for a user
     result = {"model": model, "task": ev.task.name,
-              "config": uniform or (str(plan) if plan else "unquantized"), **without_units(ev.run(resolved))}
+              "config": uniform or (str(plan) if plan else "unquantized"), **metrics}
     if as_json:
         typer.echo(json.dumps(result))
     else:

@@ -27,7 +27,7 @@ import optuna
 from optuna.trial import TrialState
 
 from ..errors import UserError
-from ..estimate import estimate
+from ..estimate import Estimate, estimate
 from ..evaluate import EvalSettings, Evaluator
 from ..io import write_atomic, write_json
 from ..pareto import front_indices
@@ -393,28 +393,24 @@ class Search:
         a partly scored trial is the estimate for all the data, with its interval."""
         oversize = self.max_bits is not None and self.bits is not None and \
             sum(self.bits[p][o] for p, o in labels.items()) > self.max_bits
-        verdicts: list[str] = []
+        last: dict = {}  # the verdict and estimate of the last check
 
         def stop(units: list[float]) -> bool:
             if units and not math.isfinite(units[-1]):
-                verdicts.append("nan")
+                last.update(verdict="nan", est=None)
                 return True
-            verdict = self.judge(units, oversize)
-            if verdict:
-                verdicts.append(verdict)
-            return verdict is not None
+            last["verdict"], last["est"] = self.judge(units, oversize)
+            return last["verdict"] is not None
 
         metrics = self.ev.run(resolved, speed=self.s.speed == "measured",
                               check_every=self.check_every, stop=stop)
-        verdict = verdicts[-1] if verdicts else None
-        units = metrics["units"]
-        if metrics["fraction"] < 1 and verdict != "nan":
-            est = estimate(units, self.total_units, self.references()) if units else None
+        est = last.get("est")
+        if metrics["fraction"] < 1 and last.get("verdict") != "nan":
             metrics[self.metric] = LINK[self.metric](est.mean) if est else math.nan
             if est:
                 metrics[f"{self.metric}_interval"] = list(self._interval(est))
                 metrics["estimated_from"] = est.reference
-        return metrics, verdict
+        return metrics, last.get("verdict")
 
     def early_stopping(self, baselines: dict) -> bool:
         """Stop scoring trials early only when the target is reachable at all (the
@@ -436,20 +432,21 @@ class Search:
             self.reference_units = json.loads(path.read_text())
         return True
 
-    def judge(self, units: list[float], oversize: bool) -> str | None:
-        """'infeasible' or 'feasible' once the units seen decide the target with Z
-        standard errors to spare (`autoq.estimate`); None: score on."""
+    def judge(self, units: list[float], oversize: bool) -> tuple[str | None, Estimate | None]:
+        """('infeasible' | 'feasible' | None, the estimate): decided once the units seen
+        put the target outside the interval (`autoq.estimate`); None: score on."""
         if oversize:
-            return "infeasible"
+            return "infeasible", None
         if not self.early or len(units) < self.check_every:
-            return None
-        lo, hi = self._interval(estimate(units, self.total_units, self.references()))
+            return None, None
+        est = estimate(units, self.total_units, self.references())
+        lo, hi = self._interval(est)
         worst, best = (lo, hi) if self.task.higher_is_better else (hi, lo)
         if self.task.meets(worst, self.s.target):
-            return "feasible"
+            return "feasible", est
         if not self.task.meets(best, self.s.target):
-            return "infeasible"
-        return None
+            return "infeasible", est
+        return None, est
 
     def _interval(self, est) -> tuple[float, float]:
         return est.interval(LINK[self.metric])
@@ -592,8 +589,9 @@ class Search:
         done = [t for t in self.study.get_trials(states=(TrialState.COMPLETE,))
                 if "metrics" in t.user_attrs and "duplicate_of" not in t.user_attrs]
         while True:
-            front = self.front(done)
-            partial = [t for t in front if self.metrics_of(t).get("fraction", 1) < 1]
+            rescored = self.study.user_attrs.get("rescored", {})
+            front = self.front(done, rescored)
+            partial = [t for t in front if self.metrics_of(t, rescored).get("fraction", 1) < 1]
             if not partial:
                 break
             for t in partial:
@@ -605,8 +603,7 @@ class Search:
         with store.file_lock(self.dir / ".lock"):
             return self._write_front(front, measured)
 
-    def front(self, done: list) -> list:
-        rescored = self.study.user_attrs.get("rescored", {})
+    def front(self, done: list, rescored: dict) -> list:
         metrics = {t.number: self.metrics_of(t, rescored) for t in done}
         senses = ("min", "max" if self.task.higher_is_better else "min")
         pts = [(metrics[t.number]["size_mib"], metrics[t.number][self.metric]) for t in done]
