@@ -56,6 +56,7 @@ def main() -> None:
         t0 = time.perf_counter()
         metrics = ev.run(resolved, speed=False)
         naive.append({"trial": t.number, "seconds": time.perf_counter() - t0,
+                      "scoring_seconds": metrics["eval_seconds"],
                       "quantized_pairs": len(ev.cache.quantized), info["metric"]: metrics[info["metric"]]})
         print(f"trial {t.number}: naive {naive[-1]['seconds']:.1f} s")
     rescored = study.user_attrs.get("rescored", {})

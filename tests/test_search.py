@@ -295,3 +295,15 @@ def test_unknown_sampler_is_one_sentence(tmp_path, tiny_llama_dir, tiny_text_fil
                                  "--out", str(tmp_path / "o"), "-q"])
     assert result.exit_code == 2 and "--sampler 'cma'" in result.output
     assert "Traceback" not in result.output and not (tmp_path / "o").exists()
+
+
+def test_trials_over_the_size_cap_stop_before_scoring(tmp_path, tiny_llama_dir, tiny_text_file):
+    """--max-size-mib below every config: each trial is pruned before any window is
+    scored, and no best.json is written."""
+    _search(tmp_path, "--model", f"hf:{tiny_llama_dir}", "--data", str(tiny_text_file),
+            "--target-ppl", "1e6", "--max-size-mib", "0.0001", "--trials", "3", "--study", "s")
+    folder = tmp_path / "out" / "s"
+    rows = _finished(folder)
+    assert len(rows) == 3
+    assert all(r["state"] == "PRUNED" and r["metrics"]["fraction"] == 0 for r in rows)
+    assert not (folder / "best.json").exists()
