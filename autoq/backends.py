@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import importlib.util
 from dataclasses import dataclass
-from typing import Callable, Iterable, Mapping
+from typing import Callable
 
 import torch
 from torch import nn
@@ -90,16 +90,6 @@ def servable(backend: str) -> Callable[[LayerConfig, int, int], bool]:
     return lambda cfg, fin, fout: problem(cfg, fin, fout) is None
 
 
-def filter_options(options: Iterable[LayerConfig | None],
-                   shapes: Mapping[str, tuple[int, int]],
-                   backend: str) -> dict[str, list[LayerConfig | None]]:
-    """Per layer, the options `backend` serves itself (None = keep is always kept)."""
-    options = list(options)
-    ok = servable(backend)
-    return {name: [c for c in options if c is None or ok(c, fin, fout)]
-            for name, (fin, fout) in shapes.items()}
-
-
 # ---- availability -------------------------------------------------------------------
 def gemlite_installed() -> bool:
     return importlib.util.find_spec("gemlite") is not None
@@ -125,10 +115,9 @@ def require_backend(name: str, device: torch.device | str) -> str:
 # ---- conversion (side effects) -------------------------------------------------------
 def layer_config(layer) -> LayerConfig:
     """The LayerConfig an HQQLinear was quantized with."""
-    nbits = layer.meta["nbits"]
-    return LayerConfig(int(nbits) if float(nbits).is_integer() else nbits,
-                       layer.meta["group_size"] if layer.meta["group_size"] != layer.in_features
-                       else None)
+    group = layer.meta["group_size"]
+    return LayerConfig.from_json({"nbits": layer.meta["nbits"],
+                                  "group_size": None if group == layer.in_features else group})
 
 
 @register("hqq", "HQQ's torch backend (dequantize + matmul), any device", False, hqq_problem)

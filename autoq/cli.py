@@ -17,7 +17,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Find, apply and compare per-layer mixed-precision HQQ quantization.")
 
 # ---- options shared by several commands (defaults live here, once) -----------------
-Model = typer.Option("smollm2", "--model", "-m", help="Registry name, hf:<id|path> or timm:<name> (see `autoq models`).")
+DEFAULT_MODEL = "smollm2"
+Model = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Registry name, hf:<id|path> or timm:<name> (see `autoq models`).")
 Task = typer.Option(None, "--task", "-t", help="wikitext2 or cifar100 (default: the model's usual task).")
 Data = typer.Option(None, "--data", help="Local data: wiki.test.raw file or cifar-100-python folder (default: the hub).")
 SeqLen = typer.Option(None, "--seq-len", help="Tokens per perplexity window (default 2048).")
@@ -72,7 +73,8 @@ def models(quiet: bool = Quiet):
 
 
 @command
-def eval(model: str = Model, task: Optional[str] = Task, data: Optional[str] = Data,
+def eval(model: Optional[str] = typer.Option(None, "--model", "-m", help="Registry name, hf:<id|path> or timm:<name> (see `autoq models`); default: the plan's model, else smollm2."),
+         task: Optional[str] = Task, data: Optional[str] = Data,
          seq_len: Optional[int] = SeqLen, limit: Optional[int] = Limit,
          uniform: Optional[str] = typer.Option(None, "--uniform", help="NBITS:GROUP on every layer but the head, e.g. 4:64."),
          plan: Optional[Path] = typer.Option(None, "--plan", help="A plan file (autoq.plan/1)."),
@@ -86,10 +88,10 @@ def eval(model: str = Model, task: Optional[str] = Task, data: Optional[str] = D
         raise UserError("give either --uniform or --plan, not both.")
     cfg = LayerConfig.parse(uniform) if uniform else None
     the_plan = Plan.load(plan) if plan else None
-    if the_plan is not None and the_plan.model != model and model == "smollm2":
-        model = the_plan.model  # the plan names its model
-    ev = Evaluator(EvalSettings(model, task, data, seq_len, limit, checkpoint, device, dtype,
-                                cache_dir, backend))
+    model = model or (the_plan.model if the_plan else DEFAULT_MODEL)
+    ev = Evaluator(EvalSettings(model=model, task=task, data=data, seq_len=seq_len, limit=limit,
+                                checkpoint=checkpoint, device=device, dtype=dtype,
+                                cache_dir=cache_dir, backend=backend))
     if cfg is not None:
         the_plan = uniform_plan(model, cfg, ev.shapes, ev.loaded.heads)
     resolved = ev.resolve(the_plan, str(plan) if plan else "--uniform") if the_plan else \
@@ -116,67 +118,17 @@ def apply(plan: Path = typer.Argument(..., help="Plan file (autoq.plan/1), e.g. 
           backend: str = Backend, quiet: bool = Quiet):
     """Quantize the plan's model with the plan, save it (HQQ format + plan), and check
     that the reloaded model gives the same outputs. --out appears only when all is done."""
-    import torch
+    from .apply import apply_plan
+    from .evaluate import EvalSettings
 
-    from . import saved
-    from .backends import prepare_, require_backend
-    from .evaluate import DEFAULT_TASK
-    from .models import load_model, pick_device, pick_dtype
-    from .quantize import LayerCache, quantize_
-    from .size import measure, saved_tensor_bytes
-    from .tasks import get_task, load_data, score
-
-    the_plan = Plan.load(plan)
-    out = out or plan.parent / f"{plan.stem}-model"
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file; give a folder path.")
-    if out.exists() and any(out.iterdir()) and not force:
-        raise UserError(f"--out {out} exists and is not empty; pick a new folder or pass --force.")
-    dev = pick_device(device)
-    dt = pick_dtype(dtype, dev)
-    backend = require_backend(backend, dev)
-    progress.say(f"loading model {the_plan.model}")
-    loaded = load_model(the_plan.model, dev, dt, checkpoint or the_plan.extra.get("checkpoint"))
-    resolved = the_plan.resolve(loaded.shapes(), loaded.heads, str(plan))
-    the_task = get_task(task or DEFAULT_TASK[loaded.kind]) if run_eval else None
-    dataset = load_data(the_task, loaded, data, seq_len, limit) if run_eval else None
-    quantize_(loaded.model, resolved, device=dev, dtype=dt, cache=LayerCache(cache_dir))
-    size = measure(loaded.model)
-    reference = saved.probe_output(loaded)
-    the_plan.metrics.update(size_mib=size.size_mib, bits_per_weight=size.bits_per_weight)
-    result = {"out": str(out), "model": the_plan.model,
-              "layers_quantized": sum(c is not None for c in resolved.values()),
-              "size_mib": size.size_mib, "bits_per_weight": size.bits_per_weight}
-
-    def verify(folder: Path) -> None:
-        """Reload from the folder; same outputs, same size; evaluate if asked."""
-        back = saved.load(folder, dev, dt)
-        again = saved.probe_output(back)
-        diff = (again - reference).abs().max().item()
-        if not torch.allclose(again, reference, rtol=1e-4, atol=1e-4):
-            raise RuntimeError(f"reloaded model differs from the quantized one (max |diff| {diff})")
-        weights = torch.load(folder / saved.WEIGHTS, map_location="cpu", weights_only=True)
-        result.update(saved_tensor_mib=saved_tensor_bytes(weights) / 2**20,
-                      reload_size_mib=measure(back.model).size_mib, reload_max_abs_diff=diff)
-        for key in ("saved_tensor_mib", "reload_size_mib"):
-            if abs(result[key] - size.size_mib) > 0.01 * size.size_mib:
-                raise RuntimeError(f"{key} {result[key]:.3f} differs from the measured size "
-                                   f"{size.size_mib:.3f} MiB by more than 1%")
-        result.update(prepare_(back.model, backend))  # serve (and evaluate) with the backend
-        if backend != "hqq":
-            result["served_max_abs_diff"] = (saved.probe_output(back) - reference).abs().max().item()
-        if the_task is not None:
-            progress.say(f"evaluating the reloaded model on {the_task.name}")
-            value = score(the_task, back, dataset)
-            result[the_task.metric] = value
-            the_plan.metrics[the_task.metric] = value
-            the_plan.save(folder / "plan.json")
-
-    saved.save(loaded, the_plan, out, overwrite=force, verify=verify)
+    result = apply_plan(plan, EvalSettings(
+        task=task, data=data, seq_len=seq_len, limit=limit, checkpoint=checkpoint,
+        device=device, dtype=dtype, cache_dir=cache_dir, backend=backend),
+        out=out, force=force, evaluate=run_eval)
     if as_json:
         typer.echo(json.dumps(result))
     else:
-        _table(f"autoq apply: {the_plan.model} -> {out}", result)
+        _table(f"autoq apply: {result['model']} -> {result['out']}", result)
 
 
 @command
@@ -191,11 +143,13 @@ def search(model: str = Model, task: Optional[str] = Task, data: Optional[str] =
            study: Optional[str] = typer.Option(None, "--study", help="Study name (default: model-task-target)."),
            storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage URL (default sqlite:///<out>/<study>/study.db)."),
            out: Path = typer.Option(Path("results"), "--out", help="Output root; the study folder is <out>/<study>."),
-           seed: int = typer.Option(0, "--seed", help="Sampler seed."),
-           seeds: Optional[int] = typer.Option(None, "--seeds", help="Sensitivity-seeded first trials (default: trials/3, 2..10)."),
-           speed: str = typer.Option("predicted", "--speed", help="Per-trial speed: predicted (latency model; Pareto configs re-measured) or measured."),
+           seed: int = typer.Option(0, "--seed", help="Random seed of the samplers."),
+           prior_trials: Optional[int] = typer.Option(None, "--prior-trials", help="First trials from the sensitivity prior (knapsack), before the sampler (default: trials/3, 2..10)."),
+           old_seeds: Optional[int] = typer.Option(None, "--seeds", hidden=True, help="Old name of --prior-trials."),
+           trial_speed: str = typer.Option("predicted", "--trial-speed", help="Per-trial speed: predicted (latency model; Pareto configs re-measured) or measured."),
+           old_speed: Optional[str] = typer.Option(None, "--speed", hidden=True, help="Old name of --trial-speed."),
            prune: bool = typer.Option(True, "--prune/--no-prune", help="Stop scoring a trial once the data seen decides the target (Pareto configs are then scored in full)."),
-           sampler: str = typer.Option("sensitivity", "--sampler", help="Trials after the seeds: sensitivity (recalibrated knapsack with perturbed sensitivities), nsga2 or random."),
+           sampler: str = typer.Option("sensitivity", "--sampler", help="Trials after the prior: sensitivity (recalibrated knapsack with perturbed sensitivities), nsga2 or random."),
            measure_front: Optional[int] = typer.Option(None, "--measure-front", help="Re-measure the speed of at most N Pareto configs (best first; default all)."),
            checkpoint: Optional[str] = Checkpoint, device: str = Device, dtype: str = Dtype,
            backend: str = Backend,
@@ -204,29 +158,38 @@ def search(model: str = Model, task: Optional[str] = Task, data: Optional[str] =
            quiet: bool = Quiet):
     """Search per-layer HQQ configs for the smallest model meeting a quality target
     (multi-objective Optuna: size x quality), writing plans ready for `autoq apply`."""
-    from .evaluate import EvalSettings
-    from .search.run import Search, SearchSettings
+    import optuna
 
+    from .evaluate import EvalSettings
+    from .search.run import SearchSettings
+    from .search.run import search as run_search
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     if (target_ppl is None) == (target_acc is None):
         raise UserError("give exactly one quality target: --target-ppl X or --target-acc Y.")
     if target_acc is not None and not 0 < target_acc <= 1:
         raise UserError(f"--target-acc {target_acc} must be a fraction in (0, 1], e.g. 0.9.")
     if trials < 1:
         raise UserError("--trials must be at least 1.")
-    if speed not in ("predicted", "measured"):
-        raise UserError(f"--speed {speed!r} must be predicted or measured.")
-    ev = EvalSettings(model, task, data, seq_len, limit, checkpoint, device, dtype,
-                      cache_dir or str(out / "layer-cache"), backend)
-    settings = SearchSettings(ev, target_ppl if target_ppl is not None else target_acc,
-                              "ppl" if target_ppl is not None else "accuracy", trials,
-                              max_size_mib, timeout, space, study, storage, str(out), seed, seeds,
-                              speed, prune, sampler, measure_front, all_options)
-    result = Search(settings, say=progress.say if progress.ENABLED else lambda m: None).run()
+    trial_speed = old_speed or trial_speed
+    if trial_speed not in ("predicted", "measured"):
+        raise UserError(f"--trial-speed {trial_speed!r} must be predicted or measured.")
+    ev = EvalSettings(model=model, task=task, data=data, seq_len=seq_len, limit=limit,
+                      checkpoint=checkpoint, device=device, dtype=dtype,
+                      cache_dir=cache_dir or str(out / "layer-cache"), backend=backend)
+    settings = SearchSettings(
+        eval=ev, target=target_ppl if target_ppl is not None else target_acc,
+        metric="ppl" if target_ppl is not None else "accuracy", trials=trials,
+        max_size_mib=max_size_mib, timeout=timeout, space=space, study=study, storage=storage,
+        out=str(out), seed=seed, prior_trials=prior_trials if prior_trials is not None
+        else old_seeds, trial_speed=trial_speed, prune=prune, sampler=sampler,
+        measure_front=measure_front, all_options=all_options)
+    result = run_search(settings, say=progress.say if progress.ENABLED else lambda m: None)
     rows = {"study folder": str(result.study_dir), "finished trials": result.finished,
             "pareto configs": len(result.front)}
     if result.best:
         m = result.best["metrics"]
-        metric = settings.target_metric
+        metric = settings.metric
         rows.update({"best.json": f"{metric} {m[metric]:.4g}, {m['size_mib']:.1f} MiB, "
                                   f"{m['bits_per_weight']:.2f} bits/weight"})
     else:

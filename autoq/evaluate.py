@@ -14,17 +14,16 @@ from typing import Callable, Mapping
 
 import torch
 
-from . import speed as speed_mod
 from .backends import prepare_, require_backend
 from .models import load_model, pick_device, pick_dtype
 from .plan import LayerConfig, Plan
 from .progress import say
 from .quantize import LayerCache, quantize_, set_module
 from .size import Size, measure
-from .tasks import count, get_task, load_data, take, units
+from .tasks import get_task
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class EvalSettings:
     model: str = "smollm2"
     task: str | None = None          # None: the model kind's usual task
@@ -38,9 +37,6 @@ class EvalSettings:
     backend: str = "auto"            # serving kernels: auto (gemlite on CUDA), gemlite, hqq
 
 
-DEFAULT_TASK = {"lm": "wikitext2", "vit": "cifar100"}
-
-
 class Evaluator:
     def __init__(self, s: EvalSettings):
         self.settings = s
@@ -49,26 +45,27 @@ class Evaluator:
         self.backend = require_backend(s.backend, self.device)
         say(f"loading model {s.model} on {self.device} ({str(self.dtype).removeprefix('torch.')})")
         self.loaded = load_model(s.model, self.device, self.dtype, s.checkpoint)
-        self.task = get_task(s.task or DEFAULT_TASK[self.loaded.kind])
+        self.task = get_task(s.task or self.loaded.kind.default_task)
         say(f"loading {self.task.name} data")
-        self.dataset = load_data(self.task, self.loaded, s.data, s.seq_len, s.limit)
+        self.dataset = self.task.load(self.loaded, s.data, s.seq_len, s.limit)
         self.shapes = self.loaded.shapes()
         # scoring order: a fixed shuffle, so that the units seen first are a random sample
         # of all of them (a search may stop after part of the data; see autoq.estimate)
-        order = list(range(count(self.task, self.dataset)))
+        order = list(range(self.total))
         random.Random(0).shuffle(order)
-        self.shuffled = take(self.task, self.dataset, order)
+        self.shuffled = self.task.take(self.dataset, order)
         self.cache = LayerCache(s.cache_dir)
         # A search on CPU scores trials from dequantized weights (see quantize.Dequantized)
         self.fast_scoring = False
 
     @property
     def protocol(self) -> str:
-        n = len(self.dataset) if self.task.model_kind == "lm" else len(self.dataset[1])
-        if self.task.name == "wikitext2":
-            seq = self.dataset.shape[1]
-            return f"wikitext2 test, {n} windows x {seq} tokens (non-overlapping), ppl=exp(mean NLL)"
-        return f"cifar100 test, {n} images, top-1"
+        return self.task.protocol(self.dataset)
+
+    @property
+    def total(self) -> int:
+        """How many units (windows, images) the data has."""
+        return self.task.count(self.dataset)
 
     def resolve(self, plan: Plan, source: str = "plan") -> dict[str, LayerConfig | None]:
         return plan.resolve(self.shapes, self.loaded.heads, source)
@@ -108,11 +105,11 @@ class Evaluator:
             for name, module in list(self.loaded.model.named_modules()):
                 if isinstance(module, HQQLinear):
                     set_module(self.loaded.model, name, self.cache.dequantized(module))
-        total, seen = count(self.task, self.dataset), list(done or [])
-        rest = take(self.task, self.shuffled, range(len(seen), total))
+        total, seen = self.total, list(done or [])
+        rest = self.task.take(self.shuffled, range(len(seen), total))
         try:
             if len(seen) < total and (stop is None or not stop(seen)):
-                for value in units(self.task, self.loaded, rest):
+                for value in self.task.units(self.loaded, rest):
                     seen.append(value)
                     if stop is not None and check_every and len(seen) % check_every == 0 \
                             and len(seen) < total and stop(seen):
@@ -129,8 +126,12 @@ class Evaluator:
                "eval_seconds": time.perf_counter() - t, "fraction": len(seen) / total,
                "units": seen}
         if speed:
-            out.update(speed_mod.measure(self.loaded, size.size_bytes))
+            out.update(self.speed(size))
         out["protocol"] = self.protocol
         out["device"] = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" \
             else "cpu"
         return out
+
+    def speed(self, size: Size) -> dict:
+        """The measured speed of the model as it is now (tokens/s or images/s)."""
+        return self.loaded.kind.speed(self.loaded, size.size_bytes)

@@ -38,20 +38,3 @@ def umask() -> int:
 def write_json(path: str | os.PathLike, obj) -> None:
     write_atomic(path, json.dumps(obj, indent=2) + "\n")
 
-
-def append_line(path: str | os.PathLike, line: str) -> None:
-    """Append one complete line with a single write(2) on an O_APPEND file.
-
-    A crash can lose the line but never leaves part of it; concurrent writers
-    never interleave inside a line (lines stay well under the pipe atomic size
-    only for small records, so readers also skip a line that does not parse).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = (line.rstrip("\n") + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -43,6 +43,7 @@ from torch import nn
 from .backends import require_backend, served_by
 from .io import write_json
 from .plan import LayerConfig
+from .quantize import unquantized
 
 FORMAT = "autoq.latency/1"
 CPU_BUDGET_S = 0.02     # per (shape, option): stop repeating after this much time ...
@@ -109,13 +110,13 @@ class LatencyModel:
                   speed_kwargs: Mapping | None = None) -> "LatencyModel":
         """Measure (or read from the cache) every (shape, option) the search may use,
         plus the rest term (`speed_kwargs`: the protocol of autoq.speed to measure it
-        with, e.g. {"new_tokens": 8}). Measuring the rest term puts the model's original
-        layers back (`quantize_` with every layer None): re-apply your plan afterwards."""
+        with, e.g. {"new_tokens": 8}), timed on the unquantized model (the plan applied
+        before is applied again afterwards)."""
         speed_kwargs = dict(speed_kwargs or {})
         device, dtype = loaded.device, loaded.dtype
         backend = require_backend(backend, device)
         shapes = loaded.shapes()
-        lead, mode = serving_lead(loaded), timing_mode(loaded, speed_kwargs)
+        lead, mode = loaded.kind.serving_lead(loaded), timing_mode(loaded, speed_kwargs)
         cache = TableCache(cache_dir, device, dtype, backend)
         configs = {None, *options}
         todo: dict[str, tuple] = {}
@@ -133,13 +134,12 @@ class LatencyModel:
                                                 mode)
         model_key = _model_key(loaded, shapes, speed_kwargs)
         if model_key not in cache.rest:
-            fp_time = fp_seconds(loaded, **speed_kwargs)
-            cache.rest[model_key] = fp_time
+            with unquantized(loaded.model, device=device, dtype=dtype):
+                cache.rest[model_key] = loaded.kind.seconds(loaded, **speed_kwargs)
         fp_time = cache.rest[model_key]
         cache.save()
         table = {k: cache.layers[k] for k in todo}
-        lat = cls(table, 0.0, dict(shapes), backend, lead, mode,
-                  "token" if loaded.kind == "lm" else "image")
+        lat = cls(table, 0.0, dict(shapes), backend, lead, mode, loaded.kind.unit)
         linears = lat.predict({})  # rest is 0 here: the sum of the fp linears
         lat.rest_seconds = max(fp_time - linears, 0.0)
         lat.info = {"device": cache.device_name, "cache_file": str(cache.path or ""),
@@ -152,29 +152,19 @@ def timing_mode(loaded, speed_kwargs: Mapping | None = None) -> str:
     """How to time a layer so it matches how the speed engine runs the model:
     "eager" (CPU), "stream" (eager CUDA launches), "graph" (CUDA graph of eager
     forwards), "compiled" (CUDA graph of torch.compile'd forwards)."""
-    from . import speed
-
     if loaded.device.type != "cuda":
         return "eager"
-    if loaded.kind != "lm":
-        return "stream"
-    engine = (speed_kwargs or {}).get("engine") or speed.default_engine(loaded.device)
+    engine = loaded.kind.engine(loaded, speed_kwargs)
     return {"compiled": "compiled", "graphs": "graph"}.get(engine, "stream")
-
-
-def serving_lead(loaded) -> tuple[int, ...]:
-    """Leading dims of a linear's input when serving: (1, 1) for LM decode,
-    (1, tokens) for a ViT image."""
-    if loaded.kind == "lm":
-        return (1, 1)
-    pe = getattr(loaded.model, "patch_embed", None)
-    tokens = getattr(pe, "num_patches", 196) + getattr(loaded.model, "num_prefix_tokens", 1)
-    return (1, tokens)
 
 
 def timing_layer(fin: int, fout: int, cfg: LayerConfig | None, served: str,
                  device: torch.device, dtype: torch.dtype, seed: int = 0) -> nn.Module:
-    """A random layer of that shape as served (weights' values do not change speed)."""
+    """A random layer of that shape as served (weights' values do not change speed;
+    quantized without HQQ's solver: the same packing, fast)."""
+    from .backends import BACKENDS
+    from .quantize import quantize_linear
+
     g = torch.Generator().manual_seed(seed)
     linear = nn.Linear(fin, fout, bias=False)
     with torch.no_grad():
@@ -182,20 +172,8 @@ def timing_layer(fin: int, fout: int, cfg: LayerConfig | None, served: str,
     linear = linear.to(device=device, dtype=dtype).requires_grad_(False)
     if cfg is None:
         return linear
-    from .quantize import _hqq, hqq_config
-
-    HQQLinear, _ = _hqq()
-    quant = hqq_config(cfg)
-    quant["weight_quant_params"]["optimize"] = False  # same packing, no solver: fast
-    layer = HQQLinear.from_weights(linear.weight.data, None, quant, compute_dtype=dtype,
-                                   device=str(device), del_orig=True)
-    meta16 = dtype if dtype in (torch.float16, torch.bfloat16) else torch.float16
-    for key in ("scale", "zero"):
-        layer.meta[key] = layer.meta[key].to(meta16)
-    if served == "gemlite":
-        from .backends import to_gemlite
-        return to_gemlite(layer)
-    return layer
+    layer = quantize_linear(linear, cfg, device, dtype, optimize=False)
+    return BACKENDS[served].convert(layer)
 
 
 def layer_bytes(fin: int, fout: int, cfg: LayerConfig | None, dtype: torch.dtype) -> float:
@@ -268,17 +246,12 @@ def _stream_seconds(layers: list[nn.Module], x: torch.Tensor) -> float:
 
 
 def _cuda_graph_seconds(layers: list[nn.Module], x: torch.Tensor, forward=_call) -> float:
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(2):
-            for layer in layers:
-                forward(layer, x)  # warm-up on a side stream, as graph capture wants
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for i in range(GPU_CALLS):
-            forward(layers[i % len(layers)], x)
+    from .speed import capture
+
+    for layer in layers:
+        forward(layer, x)  # warm-up: every copy once (kernel autotuning, compiling)
+    graph, _ = capture(lambda: [forward(layers[i % len(layers)], x) for i in range(GPU_CALLS)],
+                       x.device)
     graph.replay()
     rounds = []
     for _ in range(GPU_ROUNDS):
@@ -289,18 +262,6 @@ def _cuda_graph_seconds(layers: list[nn.Module], x: torch.Tensor, forward=_call)
         end.synchronize()
         rounds.append(start.elapsed_time(end) / 1e3 / GPU_CALLS)
     return statistics.median(rounds)
-
-
-def fp_seconds(loaded, **speed_kwargs) -> float:
-    """The unquantized model's seconds per token (per image), by the eval speed engine."""
-    from . import speed
-    from .quantize import quantize_
-
-    quantize_(loaded.model, {n: None for n in loaded.shapes()}, device=loaded.device,
-              dtype=loaded.dtype)
-    if loaded.kind == "lm":
-        return 1.0 / speed.lm_decode(loaded, **speed_kwargs)["tokens_per_s"]
-    return 1.0 / speed.vit_images(loaded, **speed_kwargs)["images_per_s"]
 
 
 # ---- the per-device cache file -------------------------------------------------------
@@ -318,12 +279,10 @@ def device_name(device: torch.device) -> str:
 
 
 def _model_key(loaded, shapes: Mapping[str, tuple[int, int]], speed_kwargs: Mapping) -> str:
-    from . import speed
-
     arch = json.dumps(sorted(shapes.items())) + str(getattr(loaded.model, "config", ""))
-    engine = speed.default_engine(loaded.device) if loaded.kind == "lm" else "eager"
+    engine = loaded.kind.engine(loaded)
     protocol = ",".join(f"{k}={v}" for k, v in sorted(speed_kwargs.items()))
-    return (f"{loaded.spec}|{loaded.kind}|{engine}|{protocol}|"
+    return (f"{loaded.spec}|{loaded.kind.name}|{engine}|{protocol}|"
             + hashlib.sha256(arch.encode()).hexdigest()[:16])
 
 

@@ -29,6 +29,7 @@ NBITS = (1, 1.58, 2, 3, 4, 8)  # HQQ's bit widths
 PACK_FACTOR = {1: 8, 1.58: 4, 2: 4, 3: 1, 4: 2, 8: 1}  # values per packed byte (3-bit pads)
 STORED_BITS = {1: 1, 1.58: 2, 2: 2, 3: 3.2, 4: 4, 8: 8}  # 1.58 packs as 2-bit; 3-bit: 10 per int32
 LAYER_KEYS = ("nbits", "group_size")
+FP = "fp"   # the label of "not quantized" (None in code, null in JSON)
 
 
 @dataclass(frozen=True, order=True)
@@ -40,6 +41,15 @@ class LayerConfig:
 
     def to_json(self) -> dict:
         return {"nbits": self.nbits, "group_size": self.group_size}
+
+    @classmethod
+    def from_json(cls, obj: Mapping | None) -> "LayerConfig | None":
+        """From a trusted {"nbits", "group_size"} object (or None: not quantized);
+        integral bit widths become ints (4.0 -> 4)."""
+        if obj is None:
+            return None
+        nbits = obj["nbits"]
+        return cls(int(nbits) if float(nbits).is_integer() else nbits, obj["group_size"])
 
     @property
     def label(self) -> str:
@@ -82,6 +92,11 @@ class LayerConfig:
         return cfg
 
 
+def label_of(cfg: LayerConfig | None) -> str:
+    """`4:64`, `4:row`, or `fp` for a layer kept in full precision."""
+    return FP if cfg is None else cfg.label
+
+
 def _layer_config(value: Any, where: str) -> LayerConfig | None:
     if value is None:
         return None
@@ -102,7 +117,7 @@ def _layer_config(value: Any, where: str) -> LayerConfig | None:
     if gs is not None and (isinstance(gs, bool) or not isinstance(gs, int) or gs <= 0 or gs % 8):
         raise UserError(f"{where}.group_size={gs!r} must be a positive multiple of 8 or "
                         "null; fix it.")
-    return LayerConfig(nbits, gs)
+    return LayerConfig.from_json(value)
 
 
 @dataclass
@@ -207,11 +222,4 @@ def uniform_plan(model: str, cfg: LayerConfig, shapes: Mapping[str, tuple[int, i
                  heads: set[str] = frozenset()) -> Plan:
     """Every quantizable layer except the head at `cfg` (the usual HQQ baseline)."""
     return Plan(model, {n: (None if n in heads else cfg) for n in shapes})
-
-
-def quantized_bits(resolved: Mapping[str, LayerConfig | None],
-                   shapes: Mapping[str, tuple[int, int]]) -> float:
-    """Additive size model: bits of the quantized layers (weights, scales, zeros)."""
-    return sum(cfg.bits_per_weight(shapes[n][0]) * shapes[n][0] * shapes[n][1]
-               for n, cfg in resolved.items() if cfg is not None)
 

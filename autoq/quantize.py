@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+from contextlib import contextmanager
 from importlib.metadata import version
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -23,14 +24,8 @@ from torch import nn
 from .io import write_atomic
 from .plan import LayerConfig
 
-ORIGINALS = "_autoq_originals"
-
-
-def _hqq():
-    from hqq.core.quantize import BaseQuantizeConfig, HQQBackend, HQQLinear
-
-    HQQLinear.set_backend(HQQBackend.PYTORCH)
-    return HQQLinear, BaseQuantizeConfig
+ORIGINALS = "_autoq_originals"   # module name -> the original layer (set on the model)
+APPLIED = "_autoq_applied"       # the resolved plan applied last
 
 
 def is_linear(module: nn.Module) -> bool:
@@ -54,21 +49,26 @@ def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
-def hqq_config(cfg: LayerConfig) -> dict:
-    """The quant-config dict HQQLinear expects (axis=1, as gemlite serves)."""
-    _, BaseQuantizeConfig = _hqq()
-    return BaseQuantizeConfig(nbits=cfg.nbits, group_size=cfg.group_size, axis=1)
+def hqq_config(cfg: LayerConfig, optimize: bool = True) -> dict:
+    """The quant-config dict HQQLinear expects (axis=1, as gemlite serves); without
+    `optimize`, the same packing without HQQ's solver (fast; for timing layers)."""
+    from hqq.core.quantize import BaseQuantizeConfig
+
+    quant = BaseQuantizeConfig(nbits=cfg.nbits, group_size=cfg.group_size, axis=1)
+    quant["weight_quant_params"]["optimize"] = optimize
+    return quant
 
 
 def quantize_linear(linear: nn.Linear, cfg: LayerConfig, device: torch.device,
-                    dtype: torch.dtype) -> nn.Module:
+                    dtype: torch.dtype, optimize: bool = True) -> nn.Module:
     """One HQQLinear from `linear` (left intact), quantized on `device`.
 
     Scales and zeros are stored in 16 bits (the compute dtype on GPU, fp16 on a
     CPU computing in fp32), so a layer costs nbits + 32/group_size bits per weight.
     """
-    HQQLinear, _ = _hqq()
-    layer = HQQLinear.from_weights(linear.weight.data, linear.bias, hqq_config(cfg),
+    from hqq.core.quantize import HQQLinear
+
+    layer = HQQLinear.from_weights(linear.weight.data, linear.bias, hqq_config(cfg, optimize),
                                    compute_dtype=dtype, device=str(device), del_orig=True)
     return meta_16bit(layer)
 
@@ -144,7 +144,8 @@ class LayerCache:
         path = self._path(linear, cfg, device, dtype)
         if not path.exists():
             return None
-        HQQLinear, _ = _hqq()
+        from hqq.core.quantize import HQQLinear
+
         try:
             state = torch.load(path, map_location=device, weights_only=True)
             layer = HQQLinear(None, None, compute_dtype=dtype, device=str(device))
@@ -185,4 +186,21 @@ def quantize_(model: nn.Module, resolved: Mapping[str, LayerConfig | None], *,
         set_module(model, name, module)
         if progress:
             progress(name)
+    applied = {**getattr(model, APPLIED, {}), **resolved}
+    object.__setattr__(model, APPLIED, applied)
+    object.__setattr__(model, "_autoq_cache", cache)
     return model
+
+
+@contextmanager
+def unquantized(model: nn.Module, *, device: torch.device, dtype: torch.dtype) -> Iterator[None]:
+    """The model with every original layer back for the block; the plan applied
+    before is applied again afterwards (from the same layer cache)."""
+    before = dict(getattr(model, APPLIED, {}))
+    cache = getattr(model, "_autoq_cache", None)
+    quantize_(model, {n: None for n in linear_shapes(model)}, device=device, dtype=dtype,
+              cache=cache)
+    try:
+        yield
+    finally:
+        quantize_(model, before, device=device, dtype=dtype, cache=cache)

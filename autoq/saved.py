@@ -21,11 +21,13 @@ from torch import nn
 
 from .errors import UserError
 from .io import umask
+from .kinds import KINDS
 from .models import LoadedModel
 from .plan import Plan
 from .quantize import meta_16bit, set_module
 
 WEIGHTS = "qmodel.pt"
+FORMAT = "autoq.saved/1"
 
 
 def serialize(model: nn.Module) -> dict[str, dict[str, torch.Tensor]]:
@@ -60,13 +62,9 @@ def save(loaded: LoadedModel, plan: Plan, out: str | Path, overwrite: bool = Fal
     try:
         tmp.chmod(0o777 & ~umask())  # mkdtemp makes 0700
         torch.save(serialize(loaded.model), tmp / WEIGHTS)
-        if loaded.kind == "lm":
-            loaded.model.config.architectures = [loaded.model.__class__.__name__]
-            loaded.model.config.save_pretrained(tmp)
-            loaded.tokenizer.save_pretrained(tmp)
-        meta = {"format": "autoq.saved/1", "model": loaded.spec, "kind": loaded.kind,
-                "heads": sorted(loaded.heads), "arch": loaded.arch if loaded.kind == "vit"
-                else {"family": "hf"}}
+        loaded.kind.save_extras(loaded, tmp)
+        meta = {"format": FORMAT, "model": loaded.spec, "kind": loaded.kind.name,
+                "heads": sorted(loaded.heads), "arch": loaded.kind.arch(loaded)}
         (tmp / "autoq.json").write_text(json.dumps(meta, indent=2) + "\n")
         plan.save(tmp / "plan.json")
         if verify is not None:
@@ -80,19 +78,6 @@ def save(loaded: LoadedModel, plan: Plan, out: str | Path, overwrite: bool = Fal
     return out
 
 
-def _skeleton(folder: Path, meta: dict, dtype: torch.dtype) -> nn.Module:
-    if meta["kind"] == "lm":
-        from accelerate import init_empty_weights
-        from transformers import AutoConfig, AutoModelForCausalLM
-
-        config = AutoConfig.from_pretrained(folder)
-        with init_empty_weights(include_buffers=False):
-            return AutoModelForCausalLM.from_config(config, dtype=dtype)
-    from .models.vit import skeleton
-
-    return skeleton(meta["arch"], dtype)
-
-
 def load(folder: str | Path, device: torch.device, dtype: torch.dtype) -> LoadedModel:
     from hqq.core.quantize import HQQLinear
 
@@ -103,7 +88,8 @@ def load(folder: str | Path, device: torch.device, dtype: torch.dtype) -> Loaded
     except (OSError, ValueError, RuntimeError) as e:
         raise UserError(f"{folder}: not a folder written by `autoq apply` "
                         f"({e.__class__.__name__}); give the --out folder of apply.")
-    model = _skeleton(folder, meta, dtype)
+    kind = KINDS[meta["kind"]]
+    model = kind.skeleton(folder, meta["arch"], dtype)
     for name, state in weights.items():
         if "W_q" in state:
             layer = HQQLinear(None, None, compute_dtype=dtype, device=str(device))
@@ -119,28 +105,5 @@ def load(folder: str | Path, device: torch.device, dtype: torch.dtype) -> Loaded
             else:
                 setattr(module, key, nn.Parameter(value, requires_grad=False))
     model.to(device).eval().requires_grad_(False)
-    tokenizer = transform = None
-    if meta["kind"] == "lm":
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(folder)
-    else:
-        from .models.vit import eval_transform
-
-        transform = eval_transform(model)
-    return LoadedModel(meta["model"], meta["kind"], model, device, dtype, set(meta["heads"]),
-                       tokenizer=tokenizer, transform=transform, arch=meta["arch"])
-
-
-@torch.inference_mode()
-def probe_output(loaded: LoadedModel) -> torch.Tensor:
-    """The model's output on a fixed input (for the reload check)."""
-    g = torch.Generator().manual_seed(0)
-    if loaded.kind == "lm":
-        vocab = loaded.model.config.vocab_size
-        x = torch.randint(0, vocab, (1, 32), generator=g).to(loaded.device)
-        return loaded.model(x).logits.float().cpu()
-    from .speed import vit_input_size
-
-    x = torch.randn(2, *vit_input_size(loaded.model), generator=g)
-    return loaded.model(x.to(loaded.device, loaded.dtype)).float().cpu()
+    return LoadedModel(meta["model"], kind, model, device, dtype, set(meta["heads"]),
+                       arch=meta["arch"], **kind.extras(folder, model))

@@ -21,8 +21,11 @@ from __future__ import annotations
 
 import statistics
 import time
+from typing import Callable, TypeVar
 
 import torch
+
+T = TypeVar("T")
 
 PROMPT = "The history of the city begins in the early medieval period, when"
 PROMPT_TOKENS = 16  # random prompt length for models without a tokenizer
@@ -42,6 +45,23 @@ def _median_seconds(fn, device, repeats: int) -> float:
         _sync(device)
         times.append(time.perf_counter() - t)
     return statistics.median(times)
+
+
+def capture(fn: Callable[[], T], device: torch.device | None = None,
+            warmup: int = 1) -> tuple["torch.cuda.CUDAGraph", T]:
+    """`fn` recorded as a CUDA graph, after `warmup` runs on a side stream (lazy init,
+    kernel autotuning), as graph capture wants; returns the graph and fn's output
+    tensors (overwritten by every replay). Recording runs nothing."""
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            fn()
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn()
+    return graph, out
 
 
 def prompt_ids(loaded) -> torch.Tensor:
@@ -96,14 +116,7 @@ class StaticDecoder:
     def _capture(self, tok: torch.Tensor) -> None:
         """Record one decode step (it reads its position from the cache's tensors)."""
         self.tok_in = tok.clone()
-        side = torch.cuda.Stream(self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):
-            self._step(self.tok_in)  # warm-up: lazy init, kernel autotuning
-        torch.cuda.current_stream(self.device).wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.tok_out = self._step(self.tok_in)  # recorded, not run: the cache is unchanged
+        self.graph, self.tok_out = capture(lambda: self._step(self.tok_in), self.device)
 
     def _replay(self, tok: torch.Tensor) -> torch.Tensor:
         self.tok_in.copy_(tok)
@@ -199,17 +212,3 @@ def vit_images(loaded, batch: int = 1, repeats: int = 5) -> dict:
     return {"images_per_s": batch / t,
             "speed_protocol": f"batch {batch}, {size[1]}x{size[2]}, median of {repeats}, "
                               f"{device.type}"}
-
-
-def measure(loaded, size_bytes: int) -> dict:
-    """Speed for any registered model kind, with achieved GB/s for LMs."""
-    if loaded.kind == "lm":
-        out = lm_decode(loaded)
-        out["achieved_gb_per_s"] = size_bytes * out["tokens_per_s"] / 1e9
-        return out
-    out = vit_images(loaded)
-    if loaded.device.type == "cuda":
-        big = vit_images(loaded, batch=256)
-        out["images_per_s_b256"] = big["images_per_s"]
-        out["speed_protocol"] += "; and batch 256"
-    return out

@@ -40,6 +40,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from autoq.kinds import KINDS  # noqa: E402
 from autoq import speed  # noqa: E402
 from autoq.backends import BACKENDS, gemlite_installed, prepare_  # noqa: E402
 from autoq.io import write_atomic, write_json  # noqa: E402
@@ -134,7 +135,7 @@ def build_llama(tiny: bool, device, dtype) -> LoadedModel:
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     model.eval().requires_grad_(False)
     name = "llama-3.2-1b-arch" + ("-tiny" if tiny else "")
-    return LoadedModel(name, "lm", model, device, dtype, {"lm_head"},
+    return LoadedModel(name, KINDS["lm"], model, device, dtype, {"lm_head"},
                        arch={"family": "hf", "config": config.to_dict()})
 
 
@@ -145,7 +146,7 @@ def build_deit(tiny: bool, device, dtype) -> LoadedModel:
     kwargs = dict(DEIT_TINY) if tiny else {}
     model = timm.create_model(DEIT, pretrained=False, num_classes=100, **kwargs)
     model.to(device=device, dtype=dtype).eval().requires_grad_(False)
-    return LoadedModel("deit-s" + ("-tiny" if tiny else ""), "vit", model, device, dtype,
+    return LoadedModel("deit-s" + ("-tiny" if tiny else ""), KINDS["vit"], model, device, dtype,
                        {"head"}, arch={"family": "timm", "name": DEIT, "kwargs": kwargs})
 
 
@@ -177,7 +178,7 @@ def run_plans(loaded: LoadedModel, plans: dict, backends: list[str], cache_dir: 
                    "fallback_layers": len(served["fallback"]),
                    "fallback_reasons": sorted(set(served["fallback"].values()))}
             t = time.perf_counter()
-            if loaded.kind == "lm":
+            if loaded.kind.name == "lm":
                 s = speed.lm_decode(loaded, **speed_kwargs)
                 row.update(tokens_per_s=s["tokens_per_s"], speed_engine=s["speed_engine"],
                            achieved_gb_per_s=size.size_bytes * s["tokens_per_s"] / 1e9,

@@ -54,7 +54,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "llama-3.2-1b-random"
         make_model(folder)
-        ev = Evaluator(EvalSettings(f"hf:{folder}", "wikitext2", a.data, 512, a.windows))
+        ev = Evaluator(EvalSettings(model=f"hf:{folder}", task="wikitext2", data=a.data,
+                                    seq_len=512, limit=a.windows))
     ev.fast_scoring = True  # both runs score the same way
     cfg = LayerConfig.parse(a.option)
     plan = {n: (None if n in ev.loaded.heads else cfg) for n in ev.shapes}

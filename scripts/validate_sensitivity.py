@@ -25,7 +25,6 @@ from autoq.io import write_json
 from autoq.plan import LayerConfig
 from autoq.search.sensitivity import measure_or_load
 from autoq.search.space import load_space
-from autoq.tasks.wikitext2 import window_nll
 
 
 def ranks(xs):
@@ -57,8 +56,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
     t0 = time.time()
-    ev = Evaluator(EvalSettings(a.model, "wikitext2", a.data, a.seq_len, a.limit,
-                                cache_dir=str(Path(a.out) / "layer-cache")))
+    ev = Evaluator(EvalSettings(model=a.model, task="wikitext2", data=a.data, seq_len=a.seq_len,
+                                limit=a.limit, cache_dir=str(Path(a.out) / "layer-cache")))
     choices, _ = load_space(a.space).bind(ev.shapes)
     sens = measure_or_load(ev, {n: c.options for c in choices for n in c.layers},
                            Path(a.out) / "sensitivity")
@@ -71,7 +70,7 @@ def main() -> None:
     def nll_of(resolved) -> float:
         ev.apply(resolved)
         with torch.inference_mode():
-            nlls = [window_nll(ev.loaded.model, w) for w in wins]
+            nlls = [ev.task.loss(ev.loaded, (w[None], w[None])).item() for w in wins]
             return sum(nlls) / len(nlls)
 
     fp = {n: None for n in ev.shapes}

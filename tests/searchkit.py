@@ -17,6 +17,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
+from autoq import study as contract
 from autoq.plan import Plan
 from autoq.search.storage import driver_url
 
@@ -37,8 +38,8 @@ def search_args(model_dir: Path, data: Path, out: Path, trials: int, study: str 
     space.write_text(SPACE)
     args = ["search", "--model", f"hf:{model_dir}", "--data", str(data), "--seq-len", "64",
             "--limit", "4", "--target-ppl", "1000", "--trials", str(trials), "--space",
-            str(space), "--out", str(out), "--study", study, "--seeds", str(seeds),
-            "--speed", "predicted"]
+            str(space), "--out", str(out), "--study", study, "--prior-trials", str(seeds),
+            "--trial-speed", "predicted"]
     return args + (["--storage", storage] if storage else [])
 
 
@@ -168,8 +169,8 @@ def check_study(folder: Path, study: str, trials: int, storage: str | None = Non
                 t.state != TrialState.FAIL}
     by_number = {t.number: t for t in everything}
     for t in everything:  # a retry finishes only in place of a trial that did not
-        if "retry_of" in t.user_attrs and t.number in finished:
-            history = t.system_attrs["retry_history"]
+        if contract.RETRY_OF in t.user_attrs and t.number in finished:
+            history = t.system_attrs[contract.RETRY_HISTORY]
             assert all(by_number[n].state == TrialState.FAIL for n in history), history
 
     lines = (folder / "trials.jsonl").read_text().splitlines()

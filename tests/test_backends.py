@@ -16,7 +16,7 @@ from torch import nn
 from typer.testing import CliRunner
 
 from autoq import backends
-from autoq.backends import (BACKENDS, filter_options, gemlite_problem, layer_config, prepare_,
+from autoq.backends import (BACKENDS, gemlite_problem, layer_config, prepare_,
                             require_backend, served_by, servable)
 from autoq.cli import app
 from autoq.errors import UserError
@@ -72,17 +72,19 @@ def test_gemlite_rules_hold_whenever_it_serves(nbits, group, fin, fout):
     assert served_by(None, fin, fout, "gemlite") == "fp"
 
 
-def test_filter_options_keeps_per_layer_servable_options():
-    opts = [None, LayerConfig(8, 64), LayerConfig(4, 64), LayerConfig(4, 128),
-            LayerConfig(3, 64), LayerConfig(2, 32)]
+def test_a_gemlite_search_keeps_per_layer_the_options_gemlite_serves():
+    from autoq.search.space import parse_space
+
+    space = parse_space({"format": "autoq.space/1",
+                         "options": [None, "8:64", "4:64", "4:128", "3:64", "2:32"],
+                         "groups": [{"name": "all", "match": ".", "per_layer": True}]}, "s.yaml")
     shapes = {"a": (2048, 512), "b": (96, 64), "c": (64, 128)}
-    got = filter_options(opts, shapes, "gemlite")
-    assert got["a"] == [None, LayerConfig(8, 64), LayerConfig(4, 64), LayerConfig(4, 128),
-                        LayerConfig(2, 32)]
-    assert got["b"] == [None, LayerConfig(2, 32)]
-    assert got["c"] == [None, LayerConfig(8, 64), LayerConfig(4, 64), LayerConfig(2, 32)]
-    hqq = filter_options(opts, shapes, "hqq")
-    assert LayerConfig(3, 64) in hqq["a"] and LayerConfig(4, 128) not in hqq["c"]
+    got = {c.param: c.labels for c in space.bind(shapes, servable("gemlite"))[0]}
+    assert got["a"] == ("fp", "8:64", "4:64", "4:128", "2:32")
+    assert got["b"] == ("fp", "2:32")
+    assert got["c"] == ("fp", "8:64", "4:64", "2:32")
+    hqq = {c.param: c.labels for c in space.bind(shapes, servable("hqq"))[0]}
+    assert "3:64" in hqq["a"] and "4:128" not in hqq["c"]
     assert servable("gemlite")(LayerConfig(4, 64), 2048, 512)
     assert not servable("gemlite")(LayerConfig(3, 64), 2048, 512)
 
@@ -201,7 +203,7 @@ def test_evaluator_stores_backend_and_fallback(monkeypatch, fake_gemlite, tiny_l
     from autoq import evaluate
 
     monkeypatch.setattr(evaluate, "require_backend", lambda name, device: "gemlite")
-    ev = evaluate.Evaluator(evaluate.EvalSettings(f"hf:{tiny_llama_dir}", data=str(tiny_text_file),
+    ev = evaluate.Evaluator(evaluate.EvalSettings(model=f"hf:{tiny_llama_dir}", data=str(tiny_text_file),
                                                   seq_len=32, limit=2, device="cpu",
                                                   backend="gemlite"))
     resolved = {n: (LayerConfig(3, 32) if "self_attn" in n else

@@ -20,6 +20,7 @@ from collections import Counter
 from optuna.trial import TrialState
 
 from autoq.models import load_model
+from autoq import study as contract
 from searchkit import Worker, check_study, env, search_args
 
 KILLS = 20
@@ -59,7 +60,7 @@ def test_search_survives_kill_9(tmp_path, tiny_llama_dir, tiny_text_file):
     assert killed_after["start"] + killed_after["loading"] >= 3, killed_after
     assert killed_after["trial"] >= 3, killed_after
     evaluated = [tuple(sorted(t.params.items())) for t in trials
-                 if t.state == TrialState.COMPLETE and "duplicate_of" not in t.user_attrs]
+                 if t.state == TrialState.COMPLETE and contract.DUPLICATE_OF not in t.user_attrs]
     assert len(evaluated) == len(set(evaluated))
     print(f"{runs} runs, kills after: {dict(killed_after)}; "
           f"{sum(t.state == TrialState.FAIL for t in trials)} trials failed by the kills")

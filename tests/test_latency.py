@@ -15,6 +15,7 @@ from torch import nn
 from autoq import latency, speed
 from autoq.latency import LatencyModel, bench_layer, layer_key, timing_layer
 from autoq.models import LoadedModel, load_model
+from autoq.kinds import KINDS
 from autoq.plan import LayerConfig
 from autoq.quantize import quantize_
 
@@ -101,8 +102,13 @@ def test_for_model_measures_each_pair_once_and_caches(tiny_llama_dir, tmp_path, 
     want = {(fi, fo, c, s) for fi, fo in distinct for c, s in ((None, "fp"), (opts[0], "hqq"))}
     want |= {(fi, fo, opts[1], "hqq") for fi, fo in distinct if fi % 128 == 0}
     assert sorted(measured, key=str) == sorted(want, key=str)  # each pair once
-    assert all(isinstance(m, nn.Linear) for n, m in loaded.model.named_modules() if n in shapes)
-    assert lat.rest_seconds >= 0 and lat.info["fp_seconds"] > 0
+    # the rest term was timed on the unquantized model; the plan applied before is back
+    assert not any(isinstance(m, nn.Linear) for n, m in loaded.model.named_modules()
+                   if n in shapes)
+    assert lat.info["fp_seconds"] > 0
+    q = {n: opts[0] for n in shapes}   # a plan costs the fp time plus its layers' differences
+    assert lat.predict(q) - lat.predict({}) == pytest.approx(
+        sum(lat.layer_time(n, opts[0]) - lat.layer_time(n, None) for n in shapes))
     assert lat.predict({}) == pytest.approx(max(lat.info["fp_seconds"], lat.info[
         "fp_linear_seconds"]))
     assert lat.tokens_per_s({n: opts[0] for n in shapes}) > 0
@@ -113,14 +119,14 @@ def test_for_model_measures_each_pair_once_and_caches(tiny_llama_dir, tmp_path, 
 
     # a second model of the same device reads everything from the file
     monkeypatch.setattr(latency, "bench_layer", lambda *a, **k: pytest.fail("re-measured"))
-    monkeypatch.setattr(latency, "fp_seconds", lambda *a, **k: pytest.fail("re-measured"))
+    monkeypatch.setattr(type(loaded.kind), "seconds", lambda *a, **k: pytest.fail("re-measured"))
     again = LatencyModel.for_model(loaded, opts, "hqq", tmp_path, speed_kwargs=FAST)
     assert again.layer_seconds == lat.layer_seconds and again.rest_seconds == lat.rest_seconds
 
     # a broken cache file is measured again, never trusted
     files[0].write_text("{not json")
     monkeypatch.setattr(latency, "bench_layer", lambda *a, **k: 1e-4)
-    monkeypatch.setattr(latency, "fp_seconds", lambda *a, **k: 1.0)
+    monkeypatch.setattr(type(loaded.kind), "seconds", lambda *a, **k: 1.0)
     fresh = LatencyModel.for_model(loaded, opts, "hqq", tmp_path, speed_kwargs=FAST)
     assert set(fresh.layer_seconds.values()) == {1e-4}
     assert fresh.rest_seconds == pytest.approx(1.0 - 1e-4 * len(shapes))
@@ -130,7 +136,7 @@ def test_for_model_vit_uses_image_tokens(tiny_vit_checkpoint, monkeypatch):
     spec, path = tiny_vit_checkpoint
     loaded = load_model(f"timm:{spec}", CPU, torch.float32, str(path))
     tokens = loaded.model.patch_embed.num_patches + loaded.model.num_prefix_tokens
-    assert latency.serving_lead(loaded) == (1, tokens)
+    assert loaded.kind.serving_lead(loaded) == (1, tokens)
     monkeypatch.setattr(latency, "bench_layer", lambda fin, fout, cfg, served, d, t, lead,
                         mode: 1e-4 * lead[1] * (mode == "eager"))
     lat = LatencyModel.for_model(loaded, [LayerConfig(4, 32)], "hqq", None)
@@ -140,7 +146,7 @@ def test_for_model_vit_uses_image_tokens(tiny_vit_checkpoint, monkeypatch):
 
 def test_timing_mode_follows_the_speed_engine():
     def fake(kind, device):
-        return LoadedModel("x", kind, nn.Identity(), torch.device(device), torch.float16)
+        return LoadedModel("x", KINDS[kind], nn.Identity(), torch.device(device), torch.float16)
 
     assert latency.timing_mode(fake("lm", "cpu")) == "eager"
     assert latency.timing_mode(fake("lm", "cuda")) == "graph"  # the CUDA default: graphs
@@ -159,7 +165,7 @@ def lively_lm() -> LoadedModel:
                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                          initializer_range=0.3, tie_word_embeddings=True)
     model = LlamaForCausalLM(config).eval()
-    return LoadedModel("tiny", "lm", model, CPU, torch.float32, {"lm_head"})
+    return LoadedModel("tiny", KINDS["lm"], model, CPU, torch.float32, {"lm_head"})
 
 
 def test_static_decoder_matches_generate():

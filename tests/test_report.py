@@ -14,8 +14,11 @@ from typer.testing import CliRunner
 
 from autoq.cli import app
 from autoq.plan import LayerConfig, Plan
-from autoq.report import data, load
-from autoq.report.data import FP_BITS, Study, Trial
+from autoq.report import data, heatmap, load, rows
+from autoq import study as contract
+from autoq.study import front_of
+from autoq.report.data import Study, Trial
+from autoq.report.heatmap import FP_BITS
 
 runner = CliRunner()
 ROLES = {"self_attn.q_proj": (64, 64), "self_attn.k_proj": (64, 32), "self_attn.v_proj": (64, 32),
@@ -83,7 +86,7 @@ def write_study(root: Path, name: str = "tiny-wikitext2", blocks: int = 3, n: in
     lines = [json.dumps(t) for t in trials] + ['{"number": 99, "state": "COMP']  # torn line
     (folder / "trials.jsonl").write_text("\n".join(lines) + "\n")
     study = load.read_folder(folder)
-    front = data.pareto_trials(study)  # no pareto.json yet: the size front from the trials
+    front = rows.pareto_trials(study)  # no pareto.json yet: the size front from the trials
     entries = []
     for i, t in enumerate(front):
         metrics = {**t.metrics, "tokens_per_s": t.metrics["tokens_per_s"] * 0.5,
@@ -91,7 +94,7 @@ def write_study(root: Path, name: str = "tiny-wikitext2", blocks: int = 3, n: in
         Plan("tiny-llama", {k: v and LayerConfig(**v) for k, v in t.layers.items()}, None,
              metrics, {"trial": t.number}).save(folder / f"pareto-{i:02d}.json")
         entries.append({"plan": f"pareto-{i:02d}.json", "number": t.number, "metrics": metrics})
-    best = data.best_trial(study)
+    best = rows.best_trial(study)
     if best is not None:
         Plan("tiny-llama", {k: v and LayerConfig(**v) for k, v in best.layers.items()}, None,
              best.metrics, {"trial": best.number}).save(folder / "best.json")
@@ -110,17 +113,17 @@ def leftovers(folder: Path) -> list[str]:
 def test_front_from_known_points():
     pts = [(1.0, 30.0), (2.0, 25.0), (2.5, 27.0), (3.0, 20.0), (4.0, 20.0), (0.5, 50.0),
            (3.0, 21.0)]
-    assert data.front(pts, (False, False)) == [5, 0, 1, 3]  # sorted by x
+    assert front_of(pts, (False, False)) == [5, 0, 1, 3]  # sorted by x
     # maximise x (speed), minimise y (ppl): (4, 20) beats everything with x <= 4, y >= 20
-    assert data.front(pts, (True, False)) == [4]
+    assert front_of(pts, (True, False)) == [4]
     # maximise both (speed, accuracy)
-    assert data.front([(1, 0.5), (2, 0.4), (1.5, 0.6), (0.5, 0.6)], (True, True)) == [2, 1]
+    assert front_of([(1, 0.5), (2, 0.4), (1.5, 0.6), (0.5, 0.6)], (True, True)) == [2, 1]
 
 
 def test_front_keeps_ties_and_drops_the_worse_of_equal_x():
     pts = [(2.0, 10.0), (2.0, 10.0), (2.0, 12.0), (1.0, 15.0), (3.0, 10.0)]
     # the two equal points are both on the front; (2, 12) and (3, 10) are dominated by them
-    assert data.front(pts, (False, False)) == [3, 0, 1]
+    assert front_of(pts, (False, False)) == [3, 0, 1]
 
 
 def test_staircase_corner_is_the_worse_of_each_coordinate():
@@ -159,10 +162,10 @@ def test_series_uses_complete_trials_once_and_the_reference_points():
 def test_best_trial_is_the_smallest_that_meets_target_and_size_limit():
     s = _study([(10, 30, 5, "COMPLETE"), (20, 24, 4, "COMPLETE"), (12, 25, 4, "COMPLETE"),
                 (12, 24, 4, "COMPLETE"), (8, 20, 4, "PRUNED")])
-    assert data.best_trial(s).number == 2  # 12 MiB meets 25; trial 3 ties on size, later
+    assert rows.best_trial(s).number == 2  # 12 MiB meets 25; trial 3 ties on size, later
     s.meta["max_size_mib"] = 11
-    assert data.best_trial(s) is None
-    assert data.best_trial(_study([(10, 0.7, 1, "COMPLETE"), (5, 0.5, 1, "COMPLETE")],
+    assert rows.best_trial(s) is None
+    assert rows.best_trial(_study([(10, 0.7, 1, "COMPLETE"), (5, 0.5, 1, "COMPLETE")],
                                   target=0.6, higher=True)).number == 0
 
 
@@ -185,7 +188,7 @@ def test_chosen_configs_are_the_best_then_the_front_spread_out():
     s = _study([(i, 40 - i, 1, "COMPLETE") for i in range(1, 11)], target=33)
     for t in s.trials:
         t.layers = {"model.layers.0.mlp.up_proj": {"nbits": 4, "group_size": t.number + 8}}
-    picked = data.chosen(s, limit=3)
+    picked = rows.chosen(s, limit=3)
     assert [(kind, t.number) for kind, t in picked] == \
         [("best", 6), ("Pareto", 0), ("Pareto", 4), ("Pareto", 9)]
 
@@ -198,7 +201,7 @@ def test_heatmap_matrix_from_a_plan():
         "model.layers.0.self_attn.q_proj": {"nbits": 8, "group_size": None},
         "model.layers.10.self_attn.k_proj": None,
         "lm_head": None}})
-    hm = data.heatmap(plan.layers)
+    hm = heatmap.heatmap(plan.layers)
     assert hm.blocks == ["0", "1", "10", "head"]  # numeric order, head last
     assert hm.roles == ["q_proj", "k_proj", "down_proj", "lm_head"]
     assert hm.bits == [[8.0, 4.0, None, None],
@@ -212,18 +215,18 @@ def test_heatmap_matrix_from_a_plan():
 def test_heatmap_of_a_vit_and_of_ambiguous_roles():
     vit = {f"blocks.{b}.{r}": {"nbits": 4, "group_size": 32}
            for b in (0, 1) for r in ("mlp.fc2", "attn.qkv", "attn.proj", "mlp.fc1")}
-    hm = data.heatmap({**vit, "head": {"nbits": 8, "group_size": 64}})
+    hm = heatmap.heatmap({**vit, "head": {"nbits": 8, "group_size": 64}})
     assert hm.roles == ["qkv", "proj", "fc1", "fc2", "head"] and hm.blocks == ["0", "1", "head"]
     assert hm.bits[4] == [None, None, 8.0]
     # two roles ending the same way in one block stay apart
-    hm = data.heatmap({"h.0.attn.proj": None, "h.0.mlp.proj": None, "extra": None})
+    hm = heatmap.heatmap({"h.0.attn.proj": None, "h.0.mlp.proj": None, "extra": None})
     assert hm.roles == ["attn.proj", "mlp.proj", "extra"] and hm.blocks == ["0", "other"]
 
 
 def test_plan_summary_counts_configs():
     layers = {"a": {"nbits": 4, "group_size": 64}, "b": {"nbits": 4, "group_size": 64},
               "c": None, "d": {"nbits": 8, "group_size": None}}
-    assert data.plan_summary(layers) == "4:64 ×2 · fp ×1 · 8:row ×1"
+    assert heatmap.plan_summary(layers) == "4:64 ×2 · fp ×1 · 8:row ×1"
 
 
 # ---- reading a study folder --------------------------------------------------------------
@@ -238,9 +241,9 @@ def test_read_folder(tmp_path):
     for t in study.trials:  # the re-measured speed of a Pareto config reaches its trial
         if t.number in measured:
             assert t.metrics["speed_source"] == "measured"
-    rows = data.front_rows(study)
-    assert [r["plan"].rstrip(" ★") for r in rows] == sorted(t.plan for t in study.front)
-    assert sum("★" in r["plan"] for r in rows) == 1
+    table = rows.front_rows(study)
+    assert [r["plan"].rstrip(" ★") for r in table] == sorted(t.plan for t in study.front)
+    assert sum("★" in r["plan"] for r in table) == 1
 
 
 # ---- the command -------------------------------------------------------------------------
@@ -379,9 +382,9 @@ def test_report_reads_an_optuna_storage_without_writing(tmp_path, kind):
     assert "34 complete, 6 pruned" in md
     # no plan files in a storage: the front is the quality x size front of its trials
     s = load.find_studies([url])[0]
-    assert s.front is None and len(data.front_rows(s)) == len(load.read_folder(folder).front)
+    assert s.front is None and len(rows.front_rows(s)) == len(load.read_folder(folder).front)
     page = (out / "report.html").read_text()
-    assert f"best: trial {data.best_trial(s).number}" in page and "stored: all trials" in page
+    assert f"best: trial {rows.best_trial(s).number}" in page and "stored: all trials" in page
     r = runner.invoke(app, ["report", url, "--study", "other", "--out", str(out)])
     assert r.exit_code == 2 and "no autoq study named 'other'" in r.output
 
@@ -419,7 +422,7 @@ def test_baselines_evaluates_missing_uniform_points(tmp_path, tiny_vit_checkpoin
     assert stored["fp"] == {"accuracy": 0.5, "size_mib": 1.0}  # kept, not re-run
     assert stored["2:32"]["size_mib"] < stored["8:64"]["size_mib"]
     assert stored["4:64"]["protocol"] == meta["protocol"]
-    attr = optuna.load_study(study_name="vit-study", storage=url).user_attrs["baselines"]
+    attr = optuna.load_study(study_name="vit-study", storage=url).user_attrs[contract.BASELINES]
     assert set(attr) == set(stored)
     assert "| 2:32 |" in (out / "report.md").read_text()
     assert leftovers(folder) == []

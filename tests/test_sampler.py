@@ -7,7 +7,7 @@ import random
 import optuna
 import pytest
 
-from autoq.search import seed as seeding
+from autoq.search import knapsack
 from autoq.search.sampler import SAMPLERS, SamplerInputs, calibrated_budget, propose
 
 
@@ -35,47 +35,50 @@ def test_calibrated_budget_uses_the_trials_predicted_nearest_the_target():
 
 def test_propose_without_noise_is_the_smallest_config_under_the_budget():
     costs, _, bits = _toy()
-    hull = seeding.hull(costs, bits)
-    want = seeding.totals(hull[len(hull) // 2], costs, bits)[0]
+    hull = knapsack.hull(costs, bits)
+    want = knapsack.totals(hull[len(hull) // 2], costs, bits)[0]
     cfg = propose(random.Random(0), costs, bits, want, None, sigma=0.0)
-    cost, size = seeding.totals(cfg, costs, bits)
+    cost, size = knapsack.totals(cfg, costs, bits)
     assert cost <= want
-    assert size == min(seeding.totals(c, costs, bits)[1] for c in hull
-                       if seeding.totals(c, costs, bits)[0] <= want)
-    cap = seeding.totals(hull[0], costs, bits)[1] * 0.7
+    assert size == min(knapsack.totals(c, costs, bits)[1] for c in hull
+                       if knapsack.totals(c, costs, bits)[0] <= want)
+    cap = knapsack.totals(hull[0], costs, bits)[1] * 0.7
     capped = propose(random.Random(0), costs, bits, 0.0, cap, sigma=0.0)
-    assert seeding.totals(capped, costs, bits)[1] <= cap
+    assert knapsack.totals(capped, costs, bits)[1] <= cap
 
 
-def _run(sampler_name, trials=16, seed=0):
-    """A study whose measured loss is the true (not the predicted) cost; returns the
-    smallest size meeting the budget, and the best size possible."""
-    costs, true, bits = _toy()
-    budget = 0.6 * seeding.totals(seeding.hull(true, bits)[0], true, bits)[0] + \
-        0.4 * seeding.totals(seeding.hull(true, bits)[-1], true, bits)[0]
-
-    def loss_of(t):
-        return t.user_attrs.get("loss")
-
-    inputs = SamplerInputs(costs, bits, budget, loss_of, scale=1.0, max_bits=None, seed=seed,
-                           population=4)
+def _study(sampler_name, costs, true, bits, budget, prior_trials, trials, seed=0):
+    """A study whose measured loss is the true (not the predicted) cost, started from
+    `prior_trials` knapsack configs."""
+    inputs = SamplerInputs(costs, bits, budget, lambda t: t.user_attrs.get("loss"), scale=1.0,
+                           max_bits=None, seed=seed, population=4)
     study = optuna.create_study(directions=["minimize", "minimize"],
                                 sampler=SAMPLERS[sampler_name](inputs))
-    for cfg in seeding.seeds(costs, bits, 3, max_cost=budget):
+    for cfg in knapsack.prior(costs, bits, prior_trials, max_cost=budget):
         study.enqueue_trial(cfg)
 
     def objective(trial):
         cfg = {p: trial.suggest_categorical(p, list(costs[p])) for p in costs}
-        loss, size = seeding.totals(cfg, true, bits)
+        loss, size = knapsack.totals(cfg, true, bits)
         trial.set_user_attr("loss", loss)
         return size, loss
 
     study.optimize(objective, n_trials=trials)
+    return study
+
+
+def _run(sampler_name, trials=16, seed=0):
+    """The smallest size meeting the budget that the sampler found, and the best size
+    possible."""
+    costs, true, bits = _toy()
+    budget = 0.6 * knapsack.totals(knapsack.hull(true, bits)[0], true, bits)[0] + \
+        0.4 * knapsack.totals(knapsack.hull(true, bits)[-1], true, bits)[0]
+    study = _study(sampler_name, costs, true, bits, budget, 3, trials, seed)
     ok = [t.values[0] for t in study.trials if t.values[1] <= budget]
-    return min(ok) if ok else float("inf"), knapsack(true, bits, budget)
+    return min(ok) if ok else float("inf"), exact_optimum(true, bits, budget)
 
 
-def knapsack(costs, bits, budget) -> float:
+def exact_optimum(costs, bits, budget) -> float:
     """The exact smallest size with total cost <= budget (dynamic programming on size)."""
     best = {0.0: 0.0}                      # size -> least cost
     for p in costs:
@@ -99,5 +102,11 @@ def test_the_sensitivity_sampler_gets_near_the_true_optimum_where_others_do_not(
         assert _run(other)[0] > optimum * 1.25
 
 
-def test_samplers_are_registered_by_name():
-    assert {"sensitivity", "nsga2", "random"} <= set(SAMPLERS)
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_every_sampler_proposes_whole_valid_configs(name):
+    """After the prior, each registered sampler gives every choice one of its options."""
+    costs, true, bits = _toy(n=8)
+    study = _study(name, costs, true, bits, 1.0, 2, 8)
+    configs = [tuple(sorted(t.params.items())) for t in study.trials]
+    assert len(configs) == 8
+    assert all(set(dict(c)) == set(costs) and all(o in costs[p] for p, o in c) for c in configs)

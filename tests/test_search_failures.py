@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from autoq.cli import app
 from autoq.plan import LayerConfig
-from autoq.search.run import Search
+from autoq.search.trial import TrialRunner
 from searchkit import search_args
 
 TRIALS = 6
@@ -37,20 +37,16 @@ def records(folder) -> list[dict]:
 
 
 def break_trials(monkeypatch, faults: list) -> None:
-    """Once the seeds are enqueued, the i-th trial evaluation runs faults[i] (None: as is)."""
-    enqueue = Search.enqueue_seeds
+    """The i-th trial's evaluation runs faults[i] (None: as is); baselines and the
+    prior are not touched (they do not go through TrialRunner.evaluate)."""
+    real, upcoming = TrialRunner.evaluate, iter(faults)
 
-    def enqueue_then_break(self, *args):
-        enqueue(self, *args)
-        real_run, upcoming = self.ev.run, iter(faults)
+    def evaluate(self, resolved, **kw):
+        fault = next(upcoming, None)
+        run = lambda r, **k: real(self, r, **k)  # noqa: E731
+        return fault(run, resolved, kw) if fault else run(resolved, **kw)
 
-        def run(resolved, **kw):
-            fault = next(upcoming, None)
-            return fault(real_run, resolved, kw) if fault else real_run(resolved, **kw)
-
-        monkeypatch.setattr(self.ev, "run", run)
-
-    monkeypatch.setattr(Search, "enqueue_seeds", enqueue_then_break)
+    monkeypatch.setattr(TrialRunner, "evaluate", evaluate)
 
 
 def cuda_oom(run, resolved, kw):
@@ -110,7 +106,7 @@ def test_ctrl_c_reenqueues_the_running_config(tmp_path, monkeypatch, tiny_llama_
     assert recs[1]["state"] == "FAIL" and recs[1]["fail_reason"].startswith("interrupted")
     again = [r for r in recs.values() if r.get("retry_of") == 1]
     assert len(again) == 1 and again[0]["state"] == "COMPLETE"
-    assert again[0]["layers"] == recs[1]["layers"] and again[0]["origin"] == "seed"
+    assert again[0]["layers"] == recs[1]["layers"] and again[0]["origin"] == "prior"
     assert sum(r["state"] == "COMPLETE" for r in recs.values()) == TRIALS
 
 

@@ -9,7 +9,8 @@ from torch import nn
 
 from autoq import saved
 from autoq.models import load_model
-from autoq.plan import LayerConfig, Plan, quantized_bits
+from autoq.plan import LayerConfig, Plan
+from autoq.search.prior import layer_bits
 from autoq.quantize import linear_shapes, quantize_
 from autoq.size import measure, saved_tensor_bytes
 
@@ -37,8 +38,7 @@ def test_measured_bits_equal_formula(nbits, group, fin, fout, expected):
     ln_bytes = 2 * fout * 4
     assert size.size_bytes == fin * fout * expected / 8 + ln_bytes
     assert size.total_params == fin * fout + 2 * fout
-    assert quantized_bits({"0": LayerConfig(nbits, group)}, {"0": (fin, fout)}) == \
-        fin * fout * expected
+    assert layer_bits((fin, fout), LayerConfig(nbits, group), 32.0) == fin * fout * expected
 
 
 def test_bias_counted_as_stored():
@@ -75,7 +75,7 @@ def test_quantized_size_counts_tied_embedding_once(tiny_llama_dir):
     others = sum(p.numel() * 4 for n, p in model.named_parameters()  # dedups the tied head
                  if not n.endswith(".W_q"))  # (HQQ keeps W_q as a parameter)
     buffers = sum(b.numel() * b.element_size() for b in model.buffers())
-    quantized = quantized_bits(resolved, shapes) / 8
+    quantized = sum(layer_bits(shapes[n], c, 32.0) for n, c in resolved.items() if c) / 8
     size = measure(model)
     assert size.bits_per_weight == 5.0
     assert size.size_bytes == quantized + others + buffers

@@ -14,8 +14,9 @@ from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 
 from autoq.errors import UserError
+from autoq import study as contract
 from autoq.search import storage as store
-from autoq.search.run import SurplusTrial, budget_ok
+from autoq.search.trial import SurplusTrial, budget_ok
 
 DIST = {"attn": CategoricalDistribution(["keep", "4:32"])}
 
@@ -33,8 +34,8 @@ def running(study, params: dict, age: float, beat: bool = True, origin: str = "s
     (beat=False) started `age` seconds ago and killed before its first heartbeat."""
     frozen = optuna.trial.create_trial(
         state=TrialState.RUNNING, params=params, distributions={k: DIST[k] for k in params},
-        user_attrs={"origin": origin},
-        system_attrs={store.BEAT: time.time() - age} if beat else {})
+        user_attrs={contract.ORIGIN: origin},
+        system_attrs={contract.HEARTBEAT: time.time() - age} if beat else {})
     frozen.datetime_start = datetime.now() - timedelta(seconds=age)
     study.add_trial(frozen)
     return study.get_trials(deepcopy=False)[-1]
@@ -50,10 +51,10 @@ def test_stale_trials_are_failed_and_enqueued_again(study):
     assert trials[live.number].state == trials[young.number].state == TrialState.RUNNING
     assert trials[orphan.number].state == TrialState.FAIL
     assert trials[dead.number].state == TrialState.FAIL
-    assert trials[dead.number].user_attrs["fail_reason"].startswith("worker died: no heartbeat")
+    assert trials[dead.number].user_attrs[contract.FAIL_REASON].startswith("worker died: no heartbeat")
     copy = trials[-1]
     assert len(trials) == 5 and copy.state == TrialState.WAITING and copy.params == dead.params
-    assert copy.user_attrs == {"origin": "seed", "retry_of": dead.number}
+    assert copy.user_attrs == {contract.ORIGIN: "prior", contract.RETRY_OF: dead.number}
     assert store.fail_stale(study, grace=60) == []  # once only
 
 
@@ -66,7 +67,7 @@ def test_a_config_is_retried_at_most_max_retry_times(study):
             assert len(waiting) == 1
             trial_id = waiting[0]._trial_id  # it runs, and its worker dies too
             assert study._storage.set_trial_state_values(trial_id, TrialState.RUNNING)
-            study._storage.set_trial_system_attr(trial_id, store.BEAT, time.time() - 100)
+            study._storage.set_trial_system_attr(trial_id, contract.HEARTBEAT, time.time() - 100)
         else:
             assert waiting == []
     assert len(study.get_trials(states=(TrialState.FAIL,))) == store.MAX_RETRY + 1
@@ -91,12 +92,12 @@ def test_a_waiting_trial_counts_against_the_budget(study):
         budget_ok(study, trial, 1)
 
 
-def test_a_seed_enqueued_twice_runs_once(study):
+def test_a_prior_config_enqueued_twice_runs_once(study):
     for _ in range(2):  # two workers starting together
-        study.enqueue_trial({"attn": "4:32"}, user_attrs={"origin": "seed"})
+        study.enqueue_trial({"attn": "4:32"}, user_attrs={contract.ORIGIN: "prior"})
     first, second = study.ask(), study.ask()
     budget_ok(study, first, 10)
-    with pytest.raises(SurplusTrial, match=f"the same seed is trial {first.number}"):
+    with pytest.raises(SurplusTrial, match=f"the same prior config is trial {first.number}"):
         budget_ok(study, second, 10)
 
 

@@ -14,7 +14,8 @@ import torch
 
 from autoq.errors import UserError
 from autoq.models import LoadedModel, load_model
-from autoq.tasks import get_task, load_data, score, units
+from autoq.kinds import KINDS
+from autoq.tasks import get_task
 from autoq.tasks.cifar100 import read_pickle
 from autoq.tasks.wikitext2 import windows
 
@@ -38,7 +39,7 @@ def test_cifar_loader_uses_model_transform_and_limit(tiny_cifar_dir, tiny_vit_ch
     spec, path = tiny_vit_checkpoint
     loaded = load_model(f"timm:{spec}", checkpoint=str(path))
     task = get_task("cifar100")
-    images, labels = load_data(task, loaded, str(tiny_cifar_dir), None, 5)
+    images, labels = task.load(loaded, str(tiny_cifar_dir), None, 5)
     raw_images, raw_labels = read_pickle(tiny_cifar_dir)
     assert labels == raw_labels[:5] and len(images) == 5
     assert images[0].shape == (3, 32, 32)  # the model's own eval transform, at its size
@@ -47,9 +48,9 @@ def test_cifar_loader_uses_model_transform_and_limit(tiny_cifar_dir, tiny_vit_ch
     # top-1 is the fraction of argmax == label
     with torch.inference_mode():
         pred = loaded.model(torch.stack(images)).argmax(-1).tolist()
-    hits = list(units(task, loaded, (images, labels)))   # one 1/0 per image
+    hits = list(task.units(loaded, (images, labels)))   # one 1/0 per image
     assert hits == [float(p == y) for p, y in zip(pred, labels)]
-    assert score(task, loaded, (images, labels)) == sum(hits) / 5
+    assert task.score(loaded, (images, labels)) == sum(hits) / 5
 
 
 def test_cifar_bad_folder(tmp_path, tiny_vit_checkpoint):
@@ -57,10 +58,10 @@ def test_cifar_bad_folder(tmp_path, tiny_vit_checkpoint):
     loaded = load_model(f"timm:{spec}", checkpoint=str(path))
     task = get_task("cifar100")
     with pytest.raises(UserError, match="no `test` file"):
-        load_data(task, loaded, str(tmp_path), None, None)
+        task.load(loaded, str(tmp_path), None, None)
     (tmp_path / "test").write_bytes(b"garbage")
     with pytest.raises(UserError, match="is not a CIFAR-100 pickle"):
-        load_data(task, loaded, str(tmp_path), None, None)
+        task.load(loaded, str(tmp_path), None, None)
 
 
 # ---- perplexity, by hand -------------------------------------------------------------
@@ -93,7 +94,7 @@ class DigitTokenizer:
 
 @pytest.fixture
 def fake_lm():
-    return LoadedModel("fake", "lm", SuccessorLM(), torch.device("cpu"), torch.float32,
+    return LoadedModel("fake", KINDS["lm"], SuccessorLM(), torch.device("cpu"), torch.float32,
                        tokenizer=DigitTokenizer())
 
 
@@ -106,27 +107,27 @@ def text_file(tmp_path):
 
 def test_perplexity_by_hand(fake_lm, text_file):
     task = get_task("wikitext2")
-    wins = load_data(task, fake_lm, text_file, 4, None)
+    wins = task.load(fake_lm, text_file, 4, None)
     assert wins.tolist() == [[0, 1, 2, 3], [0, 2, 1, 3], [3, 3, 0, 1]]  # tail dropped
-    assert score(task, fake_lm, wins) == pytest.approx(PPL_ALL, rel=1e-6)
-    nlls = list(units(task, fake_lm, wins))      # one mean NLL per window
+    assert task.score(fake_lm, wins) == pytest.approx(PPL_ALL, rel=1e-6)
+    nlls = list(task.units(fake_lm, wins))      # one mean NLL per window
     assert [task.metric_of(nlls[:k]) for k in (1, 2, 3)] == \
         pytest.approx([PPL_ONE, PPL_TWO, PPL_ALL], rel=1e-6)
 
 
 def test_perplexity_limit(fake_lm, text_file):
     task = get_task("wikitext2")
-    wins = load_data(task, fake_lm, text_file, 4, 2)
+    wins = task.load(fake_lm, text_file, 4, 2)
     assert wins.tolist() == [[0, 1, 2, 3], [0, 2, 1, 3]]
-    ppl = score(task, fake_lm, wins)
+    ppl = task.score(fake_lm, wins)
     assert ppl == pytest.approx(PPL_TWO, rel=1e-6)
-    assert load_data(task, fake_lm, text_file, 4, 100).shape == (3, 4)
+    assert task.load(fake_lm, text_file, 4, 100).shape == (3, 4)
 
 
 def test_default_seq_len_is_2048(fake_lm, tmp_path):
     path = tmp_path / "long.raw"
     path.write_text(" ".join(str(i % 4) for i in range(2048 * 2 + 5)))
-    assert load_data(get_task("wikitext2"), fake_lm, str(path), None, None).shape == (2, 2048)
+    assert get_task("wikitext2").load(fake_lm, str(path), None, None).shape == (2, 2048)
 
 
 def test_windows_are_non_overlapping():
@@ -140,10 +141,10 @@ def test_windows_are_non_overlapping():
 def test_data_errors(fake_lm, tmp_path, text_file):
     task = get_task("wikitext2")
     with pytest.raises(UserError, match="--data .*: no such file"):
-        load_data(task, fake_lm, str(tmp_path / "missing.raw"), 4, None)
+        task.load(fake_lm, str(tmp_path / "missing.raw"), 4, None)
     with pytest.raises(UserError, match="expected a file"):
-        load_data(task, fake_lm, str(tmp_path), 4, None)
+        task.load(fake_lm, str(tmp_path), 4, None)
     with pytest.raises(UserError, match="--seq-len must be at least 2"):
-        load_data(task, fake_lm, text_file, 1, None)
+        task.load(fake_lm, text_file, 1, None)
     with pytest.raises(UserError, match="unknown task 'glue'"):
         get_task("glue")

@@ -13,16 +13,17 @@ import torch
 from torch import nn
 
 from ..errors import UserError
+from ..kinds import Kind
 
 
 @dataclass
 class LoadedModel:
     spec: str                      # what the user typed, e.g. "smollm2" or "hf:/path"
-    kind: str                      # "lm" (causal LM) or "vit" (image classifier)
+    kind: Kind                     # KINDS["lm"] (causal LM) or KINDS["vit"] (image classifier)
     model: nn.Module
     device: torch.device
     dtype: torch.dtype
-    heads: set[str] = field(default_factory=set)   # head linears (lm_head, head)
+    heads: set[str] = field(default_factory=set)   # the model's output layers (lm_head, head)
     tokenizer: Any = None          # LMs
     transform: Callable | None = None  # ViTs: the model's own eval transform
     arch: dict = field(default_factory=dict)       # what rebuilds the skeleton on reload
@@ -68,6 +69,7 @@ def load_model(spec: str, device: str | torch.device = "cpu", dtype: torch.dtype
     loaded = entry.loader(arg, device=torch.device(device), dtype=dtype, checkpoint=checkpoint)
     loaded.spec = spec
     loaded.model.eval().requires_grad_(False)
+    loaded.heads = loaded.kind.heads(loaded.model)
     return loaded
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
+from ..kinds import KINDS
 from . import LoadedModel, register
 
 LLAMA_ID = "meta-llama/Llama-3.2-1B-Instruct"
@@ -41,9 +42,7 @@ def load_causal_lm(source: str, device: torch.device, dtype: torch.dtype,
                             f"config.json and weights.")
         raise _hub_error(source, e)
     model.to(device)
-    heads = {"lm_head"} if hasattr(model, "lm_head") else set()
-    arch = {"family": "hf", "config": model.config.to_dict()}
-    return LoadedModel("", "lm", model, device, dtype, heads, tokenizer=tok, arch=arch)
+    return LoadedModel("", KINDS["lm"], model, device, dtype, tokenizer=tok)
 
 
 @register("llama", "lm", f"{LLAMA_ID} (transformers)",
@@ -79,10 +78,3 @@ def smollm2(_: str, device, dtype, checkpoint=None) -> LoadedModel:
 def hf_any(source: str, device, dtype, checkpoint=None) -> LoadedModel:
     return load_causal_lm(source, device, dtype)
 
-
-def skeleton(arch: dict, dtype: torch.dtype):
-    """An LM with the saved architecture and no meaningful weights (for reload)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    config = AutoConfig.for_model(**arch["config"])
-    return AutoModelForCausalLM.from_config(config, dtype=dtype)

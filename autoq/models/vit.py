@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
+from ..kinds import KINDS
 from . import LoadedModel, register
 
 DEIT = "deit_small_patch16_224"
@@ -92,11 +93,9 @@ def load_vit(name: str, kwargs: dict, device, dtype, checkpoint: str | None) -> 
             raise UserError(f"--checkpoint {checkpoint} does not fit {name} ({first[:160]}); "
                             "give a state dict of that architecture.")
     model.to(device=device, dtype=dtype)
-    transform = eval_transform(model)
-    heads = {n for n in ("head", "head_dist", "fc") if isinstance(getattr(model, n, None),
-                                                                  torch.nn.Linear)}
     arch = {"family": "timm", "name": name, "kwargs": kwargs}
-    return LoadedModel("", "vit", model, device, dtype, heads, transform=transform, arch=arch)
+    return LoadedModel("", KINDS["vit"], model, device, dtype, transform=eval_transform(model),
+                       arch=arch)
 
 
 @register("deit", "vit", f"DeiT-S ({DEIT}, timm) with a {NUM_CLASSES}-class head",
@@ -112,8 +111,3 @@ def timm_any(spec: str, device, dtype, checkpoint=None) -> LoadedModel:
     name, kwargs = parse_timm_spec(spec)
     return load_vit(name, kwargs, device, dtype, checkpoint)
 
-
-def skeleton(arch: dict, dtype: torch.dtype):
-    import timm
-
-    return timm.create_model(arch["name"], pretrained=False, **arch["kwargs"]).to(dtype)

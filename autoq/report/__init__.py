@@ -18,7 +18,8 @@ from typing import Sequence
 
 from ..errors import UserError
 from ..io import write_atomic
-from .data import Study, chosen, panels
+from .data import Study, panels
+from .rows import chosen
 
 FORMATS = ("png", "html", "md")
 HEATMAPS_PER_PNG = 5     # best + evenly spread Pareto configs; the HTML page shows all

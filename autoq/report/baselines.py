@@ -10,9 +10,11 @@ import dataclasses
 import json
 from pathlib import Path
 
+from .. import study as contract
 from ..errors import UserError
 from ..io import write_json
-from ..plan import LayerConfig, uniform_plan
+from ..plan import FP
+from ..search.references import measure
 from ..progress import say
 from .data import Study
 
@@ -21,7 +23,7 @@ UNIFORM = ("8:64", "4:64", "4:128", "3:64", "3:128", "2:32", "2:64")
 
 
 def missing(study: Study) -> list[str]:
-    return [label for label in ("fp", *UNIFORM) if label not in study.baselines]
+    return [label for label in (FP, *UNIFORM) if label not in study.baselines]
 
 
 def fill(study: Study) -> dict[str, dict]:
@@ -43,19 +45,10 @@ def fill(study: Study) -> dict[str, dict]:
                         f"the study's {study.meta['protocol']!r}; check the data in its settings.")
     new = {}
     for label in todo:
-        if label == "fp":
-            resolved = {n: None for n in ev.shapes}
-        else:
-            plan = uniform_plan(ev.settings.model, LayerConfig.parse(label), ev.shapes,
-                                ev.loaded.heads)
-            try:
-                resolved = ev.resolve(plan, f"uniform {label}")
-            except UserError as e:
-                say(f"skipping uniform {label}: {e}")
-                continue
-        say(f"evaluating {label}")
-        new[label] = {**ev.run(resolved), "speed_source": "measured"}
-        new[label].pop("units")
+        metrics = measure(ev, label, say)
+        if metrics is not None:
+            metrics.pop("units")
+            new[label] = metrics
     store(study, new)
     return new
 
@@ -74,7 +67,7 @@ def store(study: Study, new: dict[str, dict]) -> None:
         except UserError as e:
             say(f"baselines not stored in the study's storage ({e}); baselines.json has them")
     if study.folder is not None:
-        path = Path(study.folder) / "baselines.json"
+        path = Path(study.folder) / contract.BASELINES_FILE
         try:  # a live search may have added points meanwhile: keep them
             merged = {**json.loads(path.read_text()), **new}
         except (OSError, json.JSONDecodeError):
@@ -86,10 +79,10 @@ def store(study: Study, new: dict[str, dict]) -> None:
 def _set_attr(url: str, name: str, baselines: dict) -> None:
     import optuna
 
-    from .load import open_storage
+    from ..search.storage import open_existing
 
     try:
-        study = optuna.load_study(study_name=name, storage=open_storage(url))
+        study = optuna.load_study(study_name=name, storage=open_existing(url))
     except KeyError:
         raise UserError(f"{url}: has no study {name!r}; check study.json's storage and study.")
-    study.set_user_attr("baselines", baselines)
+    study.set_user_attr(contract.BASELINES, baselines)

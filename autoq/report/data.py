@@ -2,10 +2,11 @@
 
 Nothing here draws, prints or writes: a Study (read by load.py) goes in; Pareto
 fronts, staircases, plot panels, bit-allocation matrices and table rows come
-out. The drawers (draw_png.py, draw_html.py, tables.py) only turn these into
-pictures, so a new plot is one data function plus one small drawing function.
+out (heatmap.py: bit-allocation matrices; rows.py: which configs to show and the
+table rows). The drawers (draw_png.py, draw_html.py, tables.py) only turn these
+into pictures, so a new plot is one data function plus one small drawing function.
 
-Front rule (autoq/pareto.py, the same as the search's): a point dominates
+Front rule (autoq/study.py, the same as the search's): a point dominates
 another when it is at least as good in both objectives and strictly better in
 one. Equal points do not dominate each other, so ties all stay on the front.
 """
@@ -13,20 +14,23 @@ one. Equal points do not dominate each other, so ties all stay on the front.
 from __future__ import annotations
 
 import math
-import re
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
-from ..pareto import front_indices
+from ..plan import FP
+from ..study import front_of, number
+from ..target import Target
 
-FP_BITS = 16.0          # what a layer kept in full precision shows as in the heatmap
-HEAD_ROLES = ("lm_head", "head", "head_dist")
-ROLE_ORDER = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
-              "qkv", "proj", "fc1", "fc2")
 METRIC_NAME = {"ppl": "perplexity", "accuracy": "top-1 accuracy"}
 SPEED_UNIT = {"tokens_per_s": "tokens/s", "images_per_s": "images/s"}
+
+
+def fmt_metric(metric: str, value: float | None, with_name: bool = True) -> str:
+    if value is None:
+        return "—"
+    text = f"{value:.1%}" if metric == "accuracy" else f"{value:.2f}"
+    return f"{metric} {text}" if with_name else text
 
 
 # ---- the study, as read from a folder or a storage ---------------------------------
@@ -65,12 +69,18 @@ class Study:
         return number(self.meta.get("target"))
 
     @property
+    def goal(self) -> Target:
+        """The study's quality target and size cap, as the search judged them."""
+        return Target(self.metric, self.target, self.higher_is_better,
+                      number(self.meta.get("max_size_mib")))
+
+    @property
     def speed_key(self) -> str:
         return self.meta.get("speed_key", "tokens_per_s")
 
     @property
     def fp_speed(self) -> float | None:
-        return number(self.baselines.get("fp", {}).get(self.speed_key))
+        return number(self.baselines.get(FP, {}).get(self.speed_key))
 
     def quality(self, metrics: Mapping) -> float | None:
         return number(metrics.get(self.metric))
@@ -81,27 +91,10 @@ class Study:
 
     def meets(self, metrics: Mapping) -> bool:
         """The quality target (and the study's size limit, if any)."""
-        q, t = self.quality(metrics), self.target
-        if q is None or t is not None and (q < t if self.higher_is_better else q > t):
-            return False
-        limit, size = number(self.meta.get("max_size_mib")), number(metrics.get("size_mib"))
-        return limit is None or (size is not None and size <= limit)
+        return self.goal.meets(metrics)
 
 
-def number(x: Any) -> float | None:
-    """A finite float, or None for anything else (missing, NaN, text, bool)."""
-    if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
-        return None
-    return float(x)
-
-
-# ---- Pareto fronts (the rule itself lives in autoq/pareto.py, shared with the search) ----
-def front(points: Sequence[tuple[float, float]], maximize: tuple[bool, bool]) -> list[int]:
-    """Indices of the non-dominated points (ties all kept), sorted by x then y."""
-    keep = front_indices(points, ["max" if m else "min" for m in maximize])
-    return sorted(keep, key=lambda i: points[i])
-
-
+# ---- Pareto fronts (the rule lives in autoq/study.py, shared with the search) ----------
 def staircase(points: Sequence[tuple[float, float]],
               maximize: tuple[bool, bool]) -> list[tuple[float, float]]:
     """The boundary of what a front reaches: between two neighbours (sorted by x) a
@@ -192,12 +185,12 @@ def series(study: Study, axis: Axis) -> Series:
         x, y = axis.value(t.metrics, study), study.quality(t.metrics)
         if x is not None and y is not None:
             pts.append(Point(x, y, t))
-    on_front = [pts[i] for i in front([(p.x, p.y) for p in pts],
-                                      (axis.maximize, study.higher_is_better))]
+    on_front = [pts[i] for i in front_of([(p.x, p.y) for p in pts],
+                                         (axis.maximize, study.higher_is_better))]
     refs = {label: (axis.value(m, study), study.quality(m)) for label, m in study.baselines.items()}
     uniform = [(label, x, y) for label, (x, y) in refs.items()
-               if label != "fp" and x is not None and y is not None]
-    fp = refs.get("fp")
+               if label != FP and x is not None and y is not None]
+    fp = refs.get(FP)
     return Series(study, pts, on_front,
                   staircase([(p.x, p.y) for p in on_front],
                             (axis.maximize, study.higher_is_better)),
@@ -221,7 +214,7 @@ def _refs(ss: Sequence[Series], metric: str, data_range: tuple[float, float],
     mid = (lambda a, b: math.sqrt(a * b)) if log else (lambda a, b: (a + b) / 2)
     edge = {1: mid(data_range[1], rng[1]), -1: mid(data_range[0], rng[0])}
     points = [(u, x, y) for s in ss for u, x, y in s.uniform] + \
-        [("fp", *s.fp) for s in ss if s.fp]
+        [(FP, *s.fp) for s in ss if s.fp]
     out: dict[tuple[str, float, float], Ref] = {}
     for label, x, y in points:
         off = 1 if y > rng[1] else -1 if y < rng[0] else 0
@@ -279,192 +272,3 @@ def group_by_task(studies: Sequence[Study]) -> dict[str, list[Study]]:
     for s in studies:
         groups.setdefault(str(s.meta.get("task", "?")), []).append(s)
     return groups
-
-
-# ---- bit-allocation heatmap -----------------------------------------------------------
-@dataclass
-class Heatmap:
-    blocks: list[str]               # x axis: "0", "1", ..., then "head" for layers outside blocks
-    roles: list[str]                # y axis: q_proj, k_proj, ..., lm_head
-    bits: list[list[float | None]]  # [role][block]: nbits; FP_BITS = kept in full precision;
-                                    # None = no such layer
-    text: list[list[str]]           # group size ("64", "row"), "fp", or "" (no layer)
-    names: list[list[str]]          # full module name, or ""
-
-
-_BLOCK = re.compile(r"^(.*?)\.(\d+)\.(.+)$")
-
-
-def _config(value) -> tuple[float, int | None] | None:
-    if value is None:
-        return None
-    if isinstance(value, Mapping):
-        return value["nbits"], value.get("group_size")
-    return value.nbits, value.group_size  # a LayerConfig
-
-
-def heatmap(layers: Mapping[str, Any]) -> Heatmap:
-    """Bits per (role, block) from a plan's layers (module name -> config or None).
-
-    The block is the first numeric part of the module name (model.layers.N.…,
-    blocks.N.…); the role is the last part (q_proj, fc1, …). Layers outside the
-    blocks (the head) get a column of their own."""
-    cells: dict[tuple[str, str], str] = {}
-    for name in layers:
-        m = _BLOCK.match(name)
-        block, rest = (m.group(2), m.group(3)) if m else ("", name)
-        cells[(block, rest)] = name
-    rests_by_role = Counter((b, r.rsplit(".", 1)[-1]) for b, r in cells)
-    unique = all(n == 1 for n in rests_by_role.values())  # last part names the role
-    placed = {(b, r.rsplit(".", 1)[-1] if unique else r): name for (b, r), name in cells.items()}
-    numbers = sorted({int(b) for b, _ in placed if b})
-    outside = sorted({r for b, r in placed if not b})
-    extra = "head" if outside and all(r.rsplit(".", 1)[-1] in HEAD_ROLES for r in outside) \
-        else "other"
-    blocks = [str(n) for n in numbers] + ([extra] if outside else [])
-    inner = {r for b, r in placed if b}
-    roles = sorted(inner, key=lambda r: (ROLE_ORDER.index(r) if r in ROLE_ORDER else
-                                         len(ROLE_ORDER), r)) + \
-        [r for r in outside if r not in inner]
-    bits = [[None] * len(blocks) for _ in roles]
-    text = [[""] * len(blocks) for _ in roles]
-    names = [[""] * len(blocks) for _ in roles]
-    for (b, r), name in placed.items():
-        i, j = roles.index(r), blocks.index(b if b else extra)
-        cfg = _config(layers[name])
-        bits[i][j] = FP_BITS if cfg is None else float(cfg[0])
-        text[i][j] = "fp" if cfg is None else str(cfg[1] or "row")
-        names[i][j] = name
-    return Heatmap(blocks, roles, bits, text, names)
-
-
-def config_label(value) -> str:
-    cfg = _config(value)
-    return "fp" if cfg is None else f"{cfg[0]:g}:{cfg[1] or 'row'}"
-
-
-def plan_summary(layers: Mapping[str, Any]) -> str:
-    """Layer counts per config, most used first: '4:64 ×150 · 8:64 ×30 · fp ×1'."""
-    counts = Counter(config_label(v) for v in layers.values())
-    return " · ".join(f"{label} ×{n}" for label, n in counts.most_common())
-
-
-# ---- which configs a person looks at -----------------------------------------------------
-def pareto_trials(study: Study) -> list[Trial]:
-    """The search's Pareto plans (pareto.json); without them, the quality × size front."""
-    if study.front is not None:
-        return study.front
-    return [p.trial for p in series(study, AXES[0]).front]
-
-
-def best_trial(study: Study) -> Trial | None:
-    """best.json; without it, as the search picks it: the smallest COMPLETE trial that
-    meets the target (ties: the earlier trial)."""
-    if study.best is not None:
-        return study.best
-    ok = [(size, t.number if t.number is not None else math.inf, i, t)
-          for i, t in enumerate(study.complete())
-          if study.meets(t.metrics) and (size := number(t.metrics.get("size_mib"))) is not None]
-    return min(ok)[-1] if ok else None
-
-
-def chosen(study: Study, limit: int | None = None) -> list[tuple[str, Trial]]:
-    """(caption, trial) for the heatmaps: the best config, then the Pareto configs
-    (at most `limit`, evenly spread along the front)."""
-    best = best_trial(study)
-    others = [t for t in pareto_trials(study) if t.layers and not _same(t, best)]
-    if limit is not None and len(others) > limit:
-        others = [others[round(i * (len(others) - 1) / max(limit - 1, 1))] for i in range(limit)]
-    out = [("best", best)] if best is not None and best.layers else []
-    return out + [("Pareto", t) for t in others]
-
-
-def _same(a: Trial, b: Trial | None) -> bool:
-    return b is not None and (a.number is not None and a.number == b.number
-                              or a.layers == b.layers)
-
-
-def caption(study: Study, kind: str, t: Trial) -> str:
-    q = study.quality(t.metrics)
-    parts = [f"{kind}: {t.plan or f'trial {t.number}'}"]
-    if t.plan and t.number is not None:
-        parts.append(f"trial {t.number}")
-    if q is not None:
-        parts.append(fmt_metric(study.metric, q))
-    for key, unit in (("size_mib", "MiB"), ("bits_per_weight", "bits/weight")):
-        if (v := number(t.metrics.get(key))) is not None:
-            parts.append(f"{v:.1f} {unit}" if key == "size_mib" else f"{v:.2f} {unit}")
-    return " · ".join(parts)
-
-
-# ---- tables --------------------------------------------------------------------------------
-COLUMNS = ("plan", "trial", "quality", "size MiB", "bits/weight", "speed", "speedup")
-
-
-def fmt_metric(metric: str, value: float | None, with_name: bool = True) -> str:
-    if value is None:
-        return "—"
-    text = f"{value:.1%}" if metric == "accuracy" else f"{value:.2f}"
-    return f"{metric} {text}" if with_name else text
-
-
-def _short(v: float | None, big: float, fmt: str) -> str:
-    """`fmt` from `big` up, else 3 significant digits; — when missing."""
-    return "—" if v is None else format(v, fmt) if abs(v) >= big else f"{v:.3g}"
-
-
-def _row(study: Study, label: str, trial: str, m: Mapping, best: bool = False) -> dict:
-    speed, speedup = number(m.get(study.speed_key)), _speedup(m, study)
-    size, bits = number(m.get("size_mib")), number(m.get("bits_per_weight"))
-    return {"plan": label + (" ★" if best else ""), "trial": trial,
-            "quality": fmt_metric(study.metric, study.quality(m), with_name=False),
-            "size MiB": _short(size, 10, ".1f"),
-            "bits/weight": "—" if bits is None else f"{bits:.2f}",
-            "speed": _short(speed, 100, ".0f"),
-            "speedup": "—" if speedup is None else f"{speedup:.2f}×"}
-
-
-def front_rows(study: Study) -> list[dict]:
-    """The Pareto configs, smallest first; ★ marks the best config."""
-    best = best_trial(study)
-    rows = sorted(pareto_trials(study),
-                  key=lambda t: number(t.metrics.get("size_mib")) or math.inf)
-    return [_row(study, t.plan or "—", "" if t.number is None else str(t.number), t.metrics,
-                 _same(t, best)) for t in rows]
-
-
-def baseline_rows(study: Study) -> list[dict]:
-    """Uniform reference points and fp, smallest first."""
-    items = sorted(study.baselines.items(),
-                   key=lambda kv: number(kv[1].get("size_mib")) or math.inf)
-    return [_row(study, label if label != "fp" else "fp (unquantized)", "", m)
-            for label, m in items]
-
-
-def headers(study: Study) -> list[str]:
-    unit = SPEED_UNIT.get(study.speed_key, study.speed_key)
-    names = {"quality": study.metric, "speed": unit, "speedup": "speedup vs fp"}
-    return [names.get(c, c) for c in COLUMNS]
-
-
-def counts(study: Study) -> str:
-    c = Counter(t.state for t in study.trials)
-    return ", ".join(f"{c[s]} {s.lower()}" for s in ("COMPLETE", "PRUNED", "FAIL") if c[s]) \
-        or "no trials yet"
-
-
-def target_text(study: Study) -> str:
-    t = study.target
-    if t is None:
-        return "no target"
-    return f"{study.metric} {'≥' if study.higher_is_better else '≤'} " + \
-        fmt_metric(study.metric, t, with_name=False)
-
-
-def plan_files(study: Study) -> dict[int, str]:
-    """Trial number -> the plan file(s) the search wrote for it."""
-    out: dict[int, list[str]] = {}
-    for t in [*(study.front or []), *([study.best] if study.best else [])]:
-        if t.number is not None and t.plan:
-            out.setdefault(t.number, []).append(t.plan)
-    return {n: ", ".join(files) for n, files in out.items()}

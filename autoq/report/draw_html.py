@@ -10,9 +10,11 @@ from typing import Sequence
 
 import plotly.graph_objects as go
 
-from .data import (Panel, Study, Trial, baseline_rows, best_trial, caption, chosen, counts,
-                   fmt_metric, front_rows, headers, heatmap, number, plan_files, plan_summary,
-                   target_text)
+from ..plan import FP
+from .data import Panel, Study, Trial, fmt_metric, number
+from .heatmap import heatmap, plan_summary
+from .rows import (baseline_rows, best_trial, caption, chosen, counts, front_rows, headers,
+                   plan_files)
 from .style import BIT_COLORS, bit_label, study_style
 
 CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222}
@@ -61,12 +63,12 @@ def pareto(panel: Panel) -> go.Figure:
                             hoverinfo="text")
         if s.study.target is not None:
             fig.add_hline(y=s.study.target, line=dict(color=color, dash="dash", width=1.5),
-                          annotation_text=f"{name}: target {target_text(s.study)}",
+                          annotation_text=f"{name}: target {s.study.goal.text()}",
                           annotation_position="top left")
     for group, symbol, size, name in (
-            ([r for r in panel.refs if r.label != "fp"], None, 10,
+            ([r for r in panel.refs if r.label != FP], None, 10,
              "uniform HQQ nbits:group (head not quantized)"),
-            ([r for r in panel.refs if r.label == "fp"], "star", 15, "fp (unquantized)")):
+            ([r for r in panel.refs if r.label == FP], "star", 15, "fp (unquantized)")):
         if group:
             fig.add_scatter(
                 x=[r.x for r in group], y=[r.shown_y for r in group], mode="markers+text",
@@ -141,7 +143,7 @@ def _study_html(s: Study) -> str:
     best = best_trial(s)
     meta = (f"<p class='meta'>model {html.escape(str(s.meta.get('model', '?')))} · task "
             f"{html.escape(str(s.meta.get('task', '?')))} · protocol "
-            f"{html.escape(str(s.meta.get('protocol', '?')))}<br>target {target_text(s)} · "
+            f"{html.escape(str(s.meta.get('protocol', '?')))}<br>target {s.goal.text()} · "
             f"trials: {counts(s)} · source <code>{html.escape(s.source)}</code></p>")
     out = [meta, "<h3>Pareto configs (★ = best)</h3>", _table(headers(s), front_rows(s))]
     if best is not None:

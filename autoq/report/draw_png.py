@@ -13,7 +13,10 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, PercentFormatter  # noqa: E402
 
-from .data import Heatmap, Panel, Study, caption, heatmap, target_text  # noqa: E402
+from ..plan import FP  # noqa: E402
+from .data import Panel, Study  # noqa: E402
+from .heatmap import Heatmap, heatmap  # noqa: E402
+from .rows import caption  # noqa: E402
 from .style import BIT_COLORS, DARK_BITS, bit_label, study_style  # noqa: E402
 
 DPI = 150
@@ -45,15 +48,15 @@ def pareto(panel: Panel) -> bytes:
                        label=f"{name}: Pareto front ({len(s.front)})")
         if s.study.target is not None:
             ax.axhline(s.study.target, color=color, ls="--", lw=1.2,
-                       label=f"{name}: target {target_text(s.study)}")
-    uniform = [r for r in panel.refs if r.label != "fp"]
+                       label=f"{name}: target {s.study.goal.text()}")
+    uniform = [r for r in panel.refs if r.label != FP]
     for off, marker in ((0, "D"), (1, "^"), (-1, "v")):
         refs = [r for r in uniform if r.off == off]
         if refs:
             ax.scatter([r.x for r in refs], [r.shown_y for r in refs], marker=marker, s=42,
                        facecolors="white", edgecolors="0.15", linewidths=1.1, zorder=4,
                        label=None if off else "uniform HQQ nbits:group (head not quantized)")
-    fps = [r for r in panel.refs if r.label == "fp"]
+    fps = [r for r in panel.refs if r.label == FP]
     if fps:
         ax.scatter([r.x for r in fps], [r.shown_y for r in fps], marker="*", s=170,
                    color="black", zorder=4, label="fp (unquantized)")
@@ -61,7 +64,7 @@ def pareto(panel: Panel) -> bytes:
     for r in panel.refs:  # labels point inwards, below the marker at the top edge
         right = r.x > x0 + 0.75 * (x1 - x0)
         ax.annotate(r.text, (r.x, r.shown_y), ha="right" if right else "left",
-                    xytext=(-6 if right else 6, -12 if r.label == "fp" or r.off > 0 else 5),
+                    xytext=(-6 if right else 6, -12 if r.label == FP or r.off > 0 else 5),
                     textcoords="offset points", fontsize=8, color="0.1", zorder=6,
                     bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.75))
     if panel.log_y:

@@ -16,12 +16,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .. import study as contract
 from ..errors import UserError
 from ..plan import FORMAT as PLAN_FORMAT
 from ..plan import Plan
+from ..search.storage import open_existing
 from .data import Study, Trial
 
-STUDY_FORMAT = "autoq.study/1"
 STATES = ("COMPLETE", "PRUNED", "FAIL")
 
 
@@ -54,8 +55,8 @@ def _trial(obj: Any, origin: str = "sampler") -> Trial | None:
     if layers is None or not isinstance(metrics, dict) or \
             not all(v is None or isinstance(v, int) for v in (number, dup)):
         return None
-    return Trial(number, obj["state"], str(obj.get("origin") or origin), layers, metrics,
-                 duplicate_of=dup)
+    return Trial(number, obj["state"], contract.origin({"origin": obj.get("origin") or origin}),
+                 layers, metrics, duplicate_of=dup)
 
 
 def read_trials(path: Path) -> list[Trial]:
@@ -96,14 +97,14 @@ def _plan_trial(folder: Path, file: str, number: Any, metrics: Any,
 
 
 def read_folder(folder: Path) -> Study:
-    meta = _json(folder / "study.json")
-    if not isinstance(meta, dict) or meta.get("format") != STUDY_FORMAT:
-        raise UserError(f"{folder / 'study.json'}: not an {STUDY_FORMAT} file; give a folder "
-                        "written by `autoq search`.")
-    baselines = _json(folder / "baselines.json", {})
-    trials = read_trials(folder / "trials.jsonl")
+    meta = _json(folder / contract.STUDY_FILE)
+    if not isinstance(meta, dict) or meta.get("format") != contract.FORMAT:
+        raise UserError(f"{folder / contract.STUDY_FILE}: not an {contract.FORMAT} file; give a "
+                        "folder written by `autoq search`.")
+    baselines = _json(folder / contract.BASELINES_FILE, {})
+    trials = read_trials(folder / contract.TRIALS_FILE)
     by_number = {t.number: t for t in trials if t.number is not None}
-    pareto = _json(folder / "pareto.json", {})
+    pareto = _json(folder / contract.PARETO_FILE, {})
     pareto = pareto if isinstance(pareto, dict) else {}
     front = best = None
     if isinstance(pareto.get("front"), list):
@@ -114,40 +115,17 @@ def read_folder(folder: Path) -> Study:
         for t in front:  # the search re-measured the Pareto configs' speed
             if t.number in by_number:
                 by_number[t.number].metrics = {**by_number[t.number].metrics, **t.metrics}
-    if isinstance(pareto.get("best"), str) or (folder / "best.json").exists():
-        best = _plan_trial(folder, pareto.get("best") or "best.json", None, None, by_number)
+    if isinstance(pareto.get("best"), str) or (folder / contract.BEST_FILE).exists():
+        best = _plan_trial(folder, pareto.get("best") or contract.BEST_FILE, None, None,
+                           by_number)
     return Study(str(meta.get("study") or folder.name), meta,
                  baselines if isinstance(baselines, dict) else {}, trials, front, best,
                  source=str(folder), folder=folder)
 
 
 # ---- Optuna storages ----------------------------------------------------------------------
-def open_storage(url: str):
-    """An Optuna storage for `url` (or a journal file path), opened without creating
-    anything."""
-    import optuna
-
-    from ..search.storage import FlockJournalLock, driver_url
-
-    if "://" not in url or url.startswith("journal:///"):
-        path = Path(url.removeprefix("journal://"))
-        if not path.is_file():
-            raise UserError(f"{url}: no such journal file; give the path of an Optuna journal.")
-        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(
-            str(path), lock_obj=FlockJournalLock(str(path))))
-    kwargs = {}
-    if url.startswith("sqlite:///"):
-        path = Path(url.removeprefix("sqlite:///"))
-        if not path.is_file():
-            raise UserError(f"{url}: no such sqlite file {path}; check the path (sqlite:/// + "
-                            "a relative path, sqlite://// + an absolute one).")
-        kwargs = {"connect_args": {"timeout": 30}}  # wait for a live search's write lock
-    try:
-        return optuna.storages.RDBStorage(driver_url(url), engine_kwargs=kwargs,
-                                          skip_table_creation=True)
-    except Exception as e:
-        raise UserError(f"{url}: cannot open this Optuna storage ({e.__class__.__name__}: "
-                        f"{str(e).splitlines()[0][:120]}); check the URL.")
+def _mapping(x: Any) -> dict:
+    return dict(x) if isinstance(x, dict) else {}
 
 
 def storage_url(source: str) -> str:
@@ -164,43 +142,45 @@ def read_storage(url: str, only: str | None = None) -> list[Study]:
     """Every autoq study in the storage (the ones with an "autoq" user attr), or `only`."""
     import optuna
 
-    storage = open_storage(url)
+    storage = open_existing(url)
     try:
         summaries = optuna.get_all_study_summaries(storage, include_best_trial=False)
     except Exception as e:
         raise UserError(f"{url}: not a readable Optuna storage ({e.__class__.__name__}); give a "
                         "storage written by `autoq search`.")
     names = [s.study_name for s in summaries
-             if isinstance(s.user_attrs.get("autoq"), dict) and (only is None or
-                                                                 s.study_name == only)]
+             if isinstance(contract.attr(s.user_attrs, contract.INFO), dict)
+             and (only is None or s.study_name == only)]
     if only is not None and not names:
         raise UserError(f"{url}: no autoq study named {only!r}; it has "
                         f"{', '.join(s.study_name for s in summaries) or 'no studies'}.")
     out = []
     for name in names:
         study = optuna.load_study(study_name=name, storage=storage)
-        trials = [t for ft in study.get_trials(deepcopy=False) if (t := _trial({
-            "number": ft.number, "state": ft.state.name, "origin": ft.user_attrs.get("origin"),
-            "layers": ft.user_attrs.get("layers", {}),
-            "metrics": ft.user_attrs.get("metrics", {}),
-            "duplicate_of": ft.user_attrs.get("duplicate_of")}))]
-        rescored = study.user_attrs.get("rescored", {})     # front configs scored in full
-        measured = study.user_attrs.get("front_speed", {})  # re-measured Pareto configs
-        for t in trials:
-            key = str(t.duplicate_of if t.duplicate_of is not None else t.number)
-            if isinstance(rescored, dict) and isinstance(rescored.get(key), dict):
-                t.metrics = {**t.metrics, **rescored[key].get("metrics", {})}
-            if isinstance(measured, dict) and isinstance(measured.get(str(t.number)), dict):
-                t.metrics = {**t.metrics, **measured[str(t.number)]}
-        baselines = study.user_attrs.get("baselines", {})
-        out.append(Study(name, dict(study.user_attrs["autoq"]),
-                         baselines if isinstance(baselines, dict) else {}, trials, source=url))
+        attrs = study.user_attrs
+        rescored = _mapping(contract.attr(attrs, contract.RESCORED))  # scored in full
+        measured = _mapping(contract.attr(attrs, contract.FRONT_SPEED))  # re-measured speeds
+        trials = []
+        for ft in study.get_trials(deepcopy=False):
+            a = ft.user_attrs
+            dup = contract.attr(a, contract.DUPLICATE_OF)
+            metrics = contract.overlay(_mapping(contract.attr(a, contract.METRICS)),
+                                       _mapping(rescored.get(str(ft.number if dup is None
+                                                                 else dup))) or None,
+                                       _mapping(measured.get(str(ft.number))) or None)
+            t = _trial({"number": ft.number, "state": ft.state.name,
+                        "origin": contract.origin(a), "layers": contract.attr(a, contract.LAYERS, {}),
+                        "metrics": metrics, "duplicate_of": dup})
+            if t is not None:
+                trials.append(t)
+        out.append(Study(name, dict(contract.attr(attrs, contract.INFO)),
+                         _mapping(contract.attr(attrs, contract.BASELINES)), trials, source=url))
     return out
 
 
 # ---- what the user named ---------------------------------------------------------------
 def study_folders(root: Path) -> list[Path]:
-    return sorted(p.parent for p in root.rglob("study.json"))
+    return sorted(p.parent for p in root.rglob(contract.STUDY_FILE))
 
 
 def find_studies(sources: list[str], only: str | None = None,
@@ -218,7 +198,7 @@ def find_studies(sources: list[str], only: str | None = None,
         if "://" in url or p.is_file():
             studies += read_storage(url, only)
         elif p.is_dir():
-            folders = [p] if (p / "study.json").exists() else study_folders(p)
+            folders = [p] if (p / contract.STUDY_FILE).exists() else study_folders(p)
             if not folders:
                 raise UserError(f"{p}: no study.json in it or below; give a folder written by "
                                 "`autoq search`.")

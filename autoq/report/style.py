@@ -3,7 +3,7 @@ width looks the same in every picture."""
 
 from __future__ import annotations
 
-from .data import FP_BITS
+from .heatmap import FP_BITS
 
 STUDY_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2",
                 "#17becf")

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from .data import (Study, baseline_rows, best_trial, counts, front_rows, headers, plan_summary,
-                   target_text)
+from .data import Study
+from .heatmap import plan_summary
+from .rows import baseline_rows, best_trial, counts, front_rows, headers
 
 
 def terminal(studies: Sequence[Study], console=None) -> None:
@@ -16,7 +17,7 @@ def terminal(studies: Sequence[Study], console=None) -> None:
     for s in studies:
         cols = headers(s)
         table = Table(*cols, title=f"{s.name}: Pareto configs — {s.meta.get('model', '?')} · "
-                                   f"{s.meta.get('task', '?')} ({counts(s)}; {target_text(s)})")
+                                   f"{s.meta.get('task', '?')} ({counts(s)}; {s.goal.text()})")
         for row in front_rows(s):
             table.add_row(*row.values())
         console.print(table)
@@ -38,7 +39,7 @@ def markdown(studies: Sequence[Study], images: dict[str, str]) -> str:
         out += [f"## {s.name}", "",
                 f"- model: {s.meta.get('model', '?')}, task: {s.meta.get('task', '?')}",
                 f"- protocol: {s.meta.get('protocol', '?')}",
-                f"- target: {target_text(s)}; trials: {counts(s)}",
+                f"- target: {s.goal.text()}; trials: {counts(s)}",
                 f"- source: `{s.source}`"]
         if best is not None:
             out.append(f"- best: {best.plan or f'trial {best.number}'} "

@@ -1,1 +1,1 @@
-"""autoq search: spaces, sensitivities, seeds and the Optuna study."""
+"""autoq search: one study over per-layer configs (see run.py for how the parts fit)."""

@@ -28,7 +28,7 @@ import optuna
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from . import seed as seeding
+from . import knapsack
 
 
 @dataclass(frozen=True)
@@ -95,8 +95,8 @@ def propose(rng: random.Random, costs, bits, want: float | None, max_bits: float
     for p, row in costs.items():
         f = math.exp(sigma * rng.gauss(0.0, 1.0))
         noisy[p] = {o: c * f for o, c in row.items()}
-    hull = seeding.hull(noisy, bits, steps=160)
-    scored = [(seeding.totals(c, costs, bits), c) for c in hull]
+    hull = knapsack.hull(noisy, bits, steps=160)
+    scored = [(knapsack.totals(c, costs, bits), c) for c in hull]
     if max_bits is not None:
         scored = [s for s in scored if s[0][1] <= max_bits] or scored[-1:]
     if want is None:
@@ -126,7 +126,7 @@ class SensitivitySampler(optuna.samplers.BaseSampler):
             if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and set(t.params) >= set(self.i.costs):
                 loss = self.i.loss_of(t)
                 if loss is not None:
-                    pairs.append((seeding.totals(t.params, self.i.costs, self.i.bits)[0], loss))
+                    pairs.append((knapsack.totals(t.params, self.i.costs, self.i.bits)[0], loss))
         target = None if self.i.budget is None else \
             calibrated_budget(pairs, self.i.budget, self.i.scale)
         cfg: dict[str, str] = {}

@@ -19,52 +19,36 @@ from pathlib import Path
 from typing import Iterable, Mapping
 
 import torch
-from torch import nn
 
 from ..io import write_json
-from ..plan import LayerConfig
+from ..plan import LayerConfig, label_of
 from ..progress import track
-from .space import option_label
+from ..quantize import ORIGINALS, unquantized
 
 METHOD = "fisher-diag/1"
 
 
-def calibration_batches(ev, n: int) -> list:
-    """The first `n` samples of the task data as (input, target) pairs."""
-    if ev.task.model_kind == "lm":
-        return [(w[None], w[None]) for w in ev.dataset[:n]]
-    images, labels = ev.dataset
-    k = min(len(labels), n * 8)
-    return [(torch.stack(images[i:i + 8]), torch.tensor(labels[i:i + 8])) for i in range(0, k, 8)]
-
-
-def _loss(model: nn.Module, kind: str, x, y, device, dtype) -> torch.Tensor:
-    if kind == "lm":
-        logits = model(x.to(device)).logits[0, :-1].float()
-        return nn.functional.cross_entropy(logits, y.to(device)[0, 1:])
-    return nn.functional.cross_entropy(model(x.to(device, dtype)).float(), y.to(device))
-
-
 def fisher_diagonal(ev, samples: int = 8) -> dict[str, torch.Tensor]:
-    """Mean squared gradient of the task loss w.r.t. every linear weight (fp model)."""
-    ev.apply({n: None for n in ev.shapes})
+    """Mean squared gradient of the task loss w.r.t. every linear weight, on the
+    unquantized model (the plan applied before is applied again afterwards)."""
     model = ev.loaded.model
-    linears = {n: model.get_submodule(n) for n in ev.shapes}
-    fisher = {n: torch.zeros_like(m.weight, dtype=torch.float32) for n, m in linears.items()}
-    batches = calibration_batches(ev, samples)
-    for m in linears.values():
-        m.weight.requires_grad_(True)
-    try:
-        for x, y in track(batches, "sensitivity: gradients", total=len(batches)):
-            model.zero_grad(set_to_none=True)
-            with torch.enable_grad():
-                _loss(model, ev.task.model_kind, x, y, ev.device, ev.dtype).backward()
-            for n, m in linears.items():
-                fisher[n] += m.weight.grad.float() ** 2 / len(batches)
-    finally:
+    with unquantized(model, device=ev.device, dtype=ev.dtype):
+        linears = {n: model.get_submodule(n) for n in ev.shapes}
+        fisher = {n: torch.zeros_like(m.weight, dtype=torch.float32) for n, m in linears.items()}
+        batches = ev.task.calibration(ev.dataset, samples)
         for m in linears.values():
-            m.weight.requires_grad_(False)
-            m.weight.grad = None
+            m.weight.requires_grad_(True)
+        try:
+            for batch in track(batches, "sensitivity: gradients", total=len(batches)):
+                model.zero_grad(set_to_none=True)
+                with torch.enable_grad():
+                    ev.task.loss(ev.loaded, batch).backward()
+                for n, m in linears.items():
+                    fisher[n] += m.weight.grad.float() ** 2 / len(batches)
+        finally:
+            for m in linears.values():
+                m.weight.requires_grad_(False)
+                m.weight.grad = None
     return fisher
 
 
@@ -72,20 +56,18 @@ def fisher_diagonal(ev, samples: int = 8) -> dict[str, torch.Tensor]:
 def layer_sensitivities(ev, layer_options: Mapping[str, Iterable[LayerConfig | None]],
                         fisher: Mapping[str, torch.Tensor]) -> dict[str, dict[str, float]]:
     """{layer: {option label: 1/2 sum(F * dW^2)}}; `keep` costs 0."""
-    from ..quantize import ORIGINALS
-
     originals = getattr(ev.loaded.model, ORIGINALS)
     out: dict[str, dict[str, float]] = {}
     pairs = [(n, o) for n, opts in layer_options.items() for o in opts]
     for name, cfg in track(pairs, "sensitivity: quantize layers", total=len(pairs)):
         row = out.setdefault(name, {})
         if cfg is None:
-            row[option_label(cfg)] = 0.0
+            row[label_of(cfg)] = 0.0
             continue
         base = originals[name]
         q = ev.cache.get(name, base, cfg, ev.device, ev.dtype)
         dw = base.weight.float() - q.dequantize().float().reshape(base.weight.shape)
-        row[option_label(cfg)] = 0.5 * float((fisher[name].to(dw.device) * dw * dw).sum())
+        row[label_of(cfg)] = 0.5 * float((fisher[name].to(dw.device) * dw * dw).sum())
     return out
 
 
@@ -94,11 +76,12 @@ def cache_key(ev, layer_options: Mapping[str, Iterable[LayerConfig | None]], sam
     h = hashlib.sha256()
     h.update(json.dumps([METHOD, ev.settings.model, ev.settings.checkpoint, ev.task.name,
                          ev.protocol, str(ev.dtype), samples]).encode())
-    first = ev.dataset if ev.task.model_kind == "lm" else ev.dataset[1]
-    h.update(repr(first[:samples * 8].tolist() if hasattr(first, "tolist") else first[:64]).encode())
+    for batch in ev.task.calibration(ev.dataset, samples):
+        for t in batch:
+            h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     for name in sorted(layer_options):
         h.update(name.encode())
-        h.update(",".join(sorted(option_label(o) for o in layer_options[name])).encode())
+        h.update(",".join(sorted(label_of(o) for o in layer_options[name])).encode())
     return h.hexdigest()[:20]
 
 

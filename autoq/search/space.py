@@ -27,28 +27,19 @@ from typing import Callable, Mapping
 import yaml
 
 from ..errors import UserError
-from ..plan import LayerConfig
+from ..plan import FP, LayerConfig, label_of
 from ..resources import resource_dir
+from ..structure import block_of
 
 FORMAT = "autoq.space/1"
-KEEP = "keep"
+LEGACY_FP = ("keep",)   # older spelling of the fp option
 TOP_KEYS = {"format", "description", "options", "groups", "ignore", "pinned", "baselines"}
 GROUP_KEYS = {"name", "match", "blocks", "per_layer", "options"}
-BLOCK_RE = re.compile(r"(?:^|\.)(?:layers|blocks|h|layer)\.(\d+)\.")
 QUARTERS = {"first_quarter": 0, "second_quarter": 1, "third_quarter": 2, "last_quarter": 3}
 
 
-def block_of(name: str) -> int | None:
-    m = BLOCK_RE.search(name)
-    return int(m.group(1)) if m else None
-
-
-def option_label(cfg: LayerConfig | None) -> str:
-    return KEEP if cfg is None else cfg.label
-
-
 def parse_option(value, where: str) -> LayerConfig | None:
-    if value is None or value == KEEP:
+    if value is None or value == FP or value in LEGACY_FP:
         return None
     if not isinstance(value, str):
         raise UserError(f"{where}: option {value!r} must be \"NBITS:GROUP\" (e.g. \"4:64\") or null.")
@@ -110,7 +101,7 @@ class Choice:
 
     @property
     def labels(self) -> tuple[str, ...]:
-        return tuple(option_label(o) for o in self.options)
+        return tuple(label_of(o) for o in self.options)
 
 
 @dataclass(frozen=True)

@@ -31,12 +31,12 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
+from .. import study as contract
 from ..errors import UserError
 
 HEARTBEAT_S = 10.0   # a live worker stamps its running trial this often
 GRACE_S = 60.0       # a RUNNING trial without a stamp for this long belongs to a dead worker
 MAX_RETRY = 3        # a config whose worker died is re-run at most this often
-BEAT = "autoq:heartbeat"
 SCHEMES = ("sqlite:///", "postgresql://", "postgresql+", "mysql://", "mysql+", "journal:///")
 
 
@@ -103,14 +103,19 @@ def _first_line(e: Exception) -> str:
     return (text.splitlines() or [""])[0][:200]
 
 
+def _journal(path: str) -> optuna.storages.BaseStorage:
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    return JournalStorage(JournalFileBackend(path, lock_obj=FlockJournalLock(path)))
+
+
 def open_storage(url: str) -> optuna.storages.BaseStorage:
+    """The storage a search writes to (tables created when missing)."""
     check_url(url)
     if url.startswith("journal:///"):
-        from optuna.storages.journal import JournalFileBackend, JournalStorage
-
         path = url.removeprefix("journal://")
         try:
-            return JournalStorage(JournalFileBackend(path, lock_obj=FlockJournalLock(path)))
+            return _journal(path)
         except OSError as e:
             raise UserError(f"--storage {url}: cannot open the journal file ({e.strerror}); "
                             "check that its folder exists and is writable.")
@@ -129,6 +134,29 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
 
         event.listen(storage.engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
     return storage
+
+
+def open_existing(url: str) -> optuna.storages.BaseStorage:
+    """A storage to read (`autoq report`): `url` or a journal file path, opened
+    without creating tables or files."""
+    if "://" not in url or url.startswith("journal:///"):
+        path = Path(url.removeprefix("journal://"))
+        if not path.is_file():
+            raise UserError(f"{url}: no such journal file; give the path of an Optuna journal.")
+        return _journal(str(path))
+    kwargs = {}
+    if url.startswith("sqlite:///"):
+        path = Path(url.removeprefix("sqlite:///"))
+        if not path.is_file():
+            raise UserError(f"{url}: no such sqlite file {path}; check the path (sqlite:/// + "
+                            "a relative path, sqlite://// + an absolute one).")
+        kwargs = {"connect_args": {"timeout": 30}}  # wait for a live search's write lock
+    try:
+        return optuna.storages.RDBStorage(driver_url(url), engine_kwargs=kwargs,
+                                          skip_table_creation=True)
+    except Exception as e:
+        raise UserError(f"{url}: cannot open this Optuna storage ({e.__class__.__name__}: "
+                        f"{_first_line(e)[:120]}); check the URL.")
 
 
 def driver_url(url: str) -> str:
@@ -180,7 +208,7 @@ def heartbeat(storage: optuna.storages.BaseStorage, trial_id: int, every: float)
     def beat():
         while True:
             try:
-                storage.set_trial_system_attr(trial_id, BEAT, time.time())
+                storage.set_trial_system_attr(trial_id, contract.HEARTBEAT, time.time())
             except UpdateFinishedTrialError:
                 return
             except Exception:  # noqa: BLE001  (a storage hiccup: the next beat tries again)
@@ -198,7 +226,7 @@ def heartbeat(storage: optuna.storages.BaseStorage, trial_id: int, every: float)
 
 
 def last_sign_of_life(t: FrozenTrial) -> float:
-    beat = t.system_attrs.get(BEAT)
+    beat = t.system_attrs.get(contract.HEARTBEAT)
     if isinstance(beat, (int, float)):
         return float(beat)
     return t.datetime_start.timestamp() if t.datetime_start else time.time()
@@ -212,7 +240,7 @@ def fail_stale(study: optuna.Study, grace: float) -> list[int]:
         if silent <= grace:
             continue
         try:
-            storage.set_trial_user_attr(t._trial_id, "fail_reason",
+            storage.set_trial_user_attr(t._trial_id, contract.FAIL_REASON,
                                         f"worker died: no heartbeat for {silent:.0f} s")
             if not storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
                 continue
@@ -226,12 +254,12 @@ def fail_stale(study: optuna.Study, grace: float) -> list[int]:
 def requeue(study: optuna.Study, t: FrozenTrial) -> int | None:
     """Enqueue a WAITING copy of `t`'s config (not its partial results); None when
     it has no config yet or was retried MAX_RETRY times already."""
-    history = [*t.system_attrs.get("retry_history", []), t.number]
+    history = [*contract.attr(t.system_attrs, contract.RETRY_HISTORY, []), t.number]
     if not t.params or len(history) > MAX_RETRY:
         return None
     copy = optuna.trial.create_trial(
         state=TrialState.WAITING, params=t.params, distributions=t.distributions,
-        user_attrs={"origin": t.user_attrs.get("origin", "sampler"), "retry_of": history[0]},
-        system_attrs={"retry_history": history})
+        user_attrs={contract.ORIGIN: contract.origin(t.user_attrs), contract.RETRY_OF: history[0]},
+        system_attrs={contract.RETRY_HISTORY: history})
     study.add_trial(copy)
     return history[0]

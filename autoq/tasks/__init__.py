@@ -21,6 +21,25 @@ from ..resources import resource_dir
 
 
 @dataclass(frozen=True)
+class TaskImpl:
+    """What a task's module registers (see `register`)."""
+    load: Callable         # (task, loaded_model, data, seq_len, limit) -> dataset
+    units: Callable        # (loaded_model, dataset) -> Iterator[float], one value per unit
+    count: Callable        # (dataset) -> number of units
+    take: Callable         # (dataset, indices) -> the dataset with only these units, in order
+    describe: Callable     # (dataset) -> the protocol, in words
+    calibration: Callable  # (dataset, n) -> n (input, target) batches from the first units
+    loss: Callable         # (loaded_model, (input, target)) -> differentiable mean loss
+
+
+IMPLS: dict[str, TaskImpl] = {}
+
+
+def register(name: str, **impl: Callable) -> None:
+    IMPLS[name] = TaskImpl(**impl)
+
+
+@dataclass(frozen=True)
 class Task:
     name: str
     model_kind: str         # "lm" or "vit"
@@ -28,37 +47,54 @@ class Task:
     spec: dict              # the whole YAML
 
     @property
+    def impl(self) -> TaskImpl:
+        return IMPLS[self.name]
+
+    @property
     def higher_is_better(self) -> bool:
         return self.metric == "accuracy"
-
-    def better(self, a: float, b: float) -> bool:
-        return a > b if self.higher_is_better else a < b
-
-    def meets(self, value: float, target: float) -> bool:
-        return value >= target if self.higher_is_better else value <= target
 
     def metric_of(self, units: Sequence[float]) -> float:
         """The metric from per-unit values: exp(mean NLL) or the hit rate."""
         return LINK[self.metric](sum(units) / len(units))
 
+    @property
+    def check_every(self) -> int:
+        """How many units a search scores between two early-stopping checks."""
+        return int(self.spec.get("check_every", 1))
+
+    def load(self, loaded, data: str | None, seq_len: int | None, limit: int | None):
+        if loaded.kind.name != self.model_kind:
+            raise UserError(f"task {self.name} needs {KIND_WORDS[self.model_kind]}, but "
+                            f"{loaded.spec!r} is {loaded.kind.words}; pick a matching --model "
+                            "or --task.")
+        return self.impl.load(self, loaded, data, seq_len, limit)
+
+    def units(self, loaded, dataset) -> Iterator[float]:
+        return self.impl.units(loaded, dataset)
+
+    def count(self, dataset) -> int:
+        return self.impl.count(dataset)
+
+    def take(self, dataset, indices: Sequence[int]):
+        return self.impl.take(dataset, indices)
+
+    def protocol(self, dataset) -> str:
+        return self.impl.describe(dataset)
+
+    def calibration(self, dataset, n: int) -> list:
+        return self.impl.calibration(dataset, n)
+
+    def loss(self, loaded, batch):
+        return self.impl.loss(loaded, batch)
+
+    def score(self, loaded, dataset) -> float:
+        """The metric on all the data."""
+        return self.metric_of(list(self.units(loaded, dataset)))
+
 
 LINK = {"ppl": math.exp, "accuracy": lambda mean: mean}
-
-
-@dataclass(frozen=True)
-class TaskImpl:
-    load: Callable      # (task, loaded_model, data, seq_len, limit) -> dataset object
-    units: Callable     # (loaded_model, dataset) -> Iterator[float], one value per window/image
-    count: Callable     # (dataset) -> number of units
-    take: Callable      # (dataset, indices) -> the dataset with only these units, in this order
-
-
-IMPLS: dict[str, TaskImpl] = {}
-
-
-def register(name: str, load: Callable, units: Callable, count: Callable,
-             take: Callable) -> None:
-    IMPLS[name] = TaskImpl(load, units, count, take)
+KIND_WORDS = {"lm": "a causal language model", "vit": "an image classifier (ViT)"}
 
 
 def task_names() -> list[str]:
@@ -82,34 +118,6 @@ def check_data_path(data: str | None, want_dir: bool) -> Path | None:
     if want_dir != p.is_dir():
         raise UserError(f"--data {data}: expected a {'folder' if want_dir else 'file'}.")
     return p
-
-
-def units(task: Task, loaded, dataset) -> Iterator[float]:
-    return IMPLS[task.name].units(loaded, dataset)
-
-
-def count(task: Task, dataset) -> int:
-    return IMPLS[task.name].count(dataset)
-
-
-def take(task: Task, dataset, indices: Sequence[int]):
-    return IMPLS[task.name].take(dataset, indices)
-
-
-def score(task: Task, loaded, dataset) -> float:
-    """The metric on all the data."""
-    return task.metric_of(list(units(task, loaded, dataset)))
-
-
-KIND_WORDS = {"lm": "a causal language model", "vit": "an image classifier (ViT)"}
-
-
-def load_data(task: Task, loaded, data: str | None, seq_len: int | None, limit: int | None):
-    if loaded.kind != task.model_kind:
-        raise UserError(f"task {task.name} needs {KIND_WORDS[task.model_kind]}, but "
-                        f"{loaded.spec!r} is {KIND_WORDS[loaded.kind]}; pick a matching --model "
-                        "or --task.")
-    return IMPLS[task.name].load(task, loaded, data, seq_len, limit)
 
 
 from . import cifar100, wikitext2  # noqa: E402,F401  (registers the scorers)

@@ -69,5 +69,20 @@ def units(loaded, dataset) -> Iterator[float]:
         yield from (pred == torch.tensor(labels[s:s + bs])).float().tolist()
 
 
-register("cifar100", load, units, lambda dataset: len(dataset[1]),
-         lambda dataset, idx: ([dataset[0][i] for i in idx], [dataset[1][i] for i in idx]))
+def calibration(dataset, n: int) -> list:
+    """`n` batches of 8 images from the first ones."""
+    images, labels = dataset
+    k = min(len(labels), n * 8)
+    return [(torch.stack(images[i:i + 8]), torch.tensor(labels[i:i + 8])) for i in range(0, k, 8)]
+
+
+def loss(loaded, batch) -> torch.Tensor:
+    x, y = batch
+    logits = loaded.model(x.to(loaded.device, loaded.dtype)).float()
+    return torch.nn.functional.cross_entropy(logits, y.to(loaded.device))
+
+
+register("cifar100", load=load, units=units, count=lambda dataset: len(dataset[1]),
+         take=lambda dataset, idx: ([dataset[0][i] for i in idx], [dataset[1][i] for i in idx]),
+         describe=lambda dataset: f"cifar100 test, {len(dataset[1])} images, top-1",
+         calibration=calibration, loss=loss)

@@ -56,16 +56,25 @@ def load(task, loaded, data, seq_len, limit) -> torch.Tensor:
     return windows(ids, seq_len, limit)
 
 
-def window_nll(model, window: torch.Tensor) -> float:
-    """Mean next-token negative log-likelihood of one window."""
-    logits = model(window[None]).logits[0, :-1].float()
-    return torch.nn.functional.cross_entropy(logits, window[1:]).item()
+def loss(loaded, batch) -> torch.Tensor:
+    """Mean next-token negative log-likelihood of a (1, seq_len) window."""
+    x, y = batch
+    logits = loaded.model(x.to(loaded.device)).logits[0, :-1].float()
+    return torch.nn.functional.cross_entropy(logits, y.to(loaded.device)[0, 1:])
 
 
 @torch.inference_mode()
 def units(loaded, wins: torch.Tensor) -> Iterator[float]:
     for i in track(range(len(wins)), "perplexity", total=len(wins)):
-        yield window_nll(loaded.model, wins[i].to(loaded.device))
+        w = wins[i][None]
+        yield loss(loaded, (w, w)).item()
 
 
-register("wikitext2", load, units, len, lambda wins, idx: wins[list(idx)])
+def describe(wins: torch.Tensor) -> str:
+    return (f"wikitext2 test, {len(wins)} windows x {wins.shape[1]} tokens (non-overlapping), "
+            "ppl=exp(mean NLL)")
+
+
+register("wikitext2", load=load, units=units, count=len, take=lambda wins, idx: wins[list(idx)],
+         describe=describe, calibration=lambda wins, n: [(w[None], w[None]) for w in wins[:n]],
+         loss=loss)

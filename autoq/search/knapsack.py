@@ -1,4 +1,4 @@
-"""First trials from sensitivities: a Lagrangian sweep of a multiple-choice knapsack.
+"""The multiple-choice knapsack behind the prior trials and the sensitivity sampler.
 
 Each choice (a layer, or a group of layers) picks one option; option o costs
 `cost[o]` (predicted loss increase, additive over layers) and `bits[o]` (exact
@@ -61,7 +61,7 @@ def spread(configs: Sequence[Config], costs, bits, n: int) -> list[Config]:
     return [configs[j] for j in sorted(chosen)]
 
 
-def seeds(costs, bits, n: int, max_cost: float | None = None, max_bits: float | None = None
+def prior(costs, bits, n: int, max_cost: float | None = None, max_bits: float | None = None
           ) -> list[Config]:
     """`n` first trials: spread over the whole size range, plus (given a quality
     budget `max_cost` in predicted loss) the smallest hull configs that meet it and

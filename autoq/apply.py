@@ -1,0 +1,90 @@
+"""`apply_plan`: quantize a plan's model, save it, and prove the saved folder right.
+
+The folder is written under a temporary name; it appears at `out` only after the
+reloaded model gave the same outputs and the same size as the quantized one (and,
+with a task, was scored). `autoq apply` is this function plus printing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from . import progress, saved
+from .backends import prepare_, require_backend
+from .errors import UserError
+from .evaluate import EvalSettings
+from .models import load_model, pick_device, pick_dtype
+from .plan import Plan
+from .quantize import LayerCache, quantize_
+from .size import measure, saved_tensor_bytes
+from .tasks import get_task
+
+SIZE_TOLERANCE = 0.01   # saved tensors and the reloaded model within 1% of the measured size
+
+
+def default_out(plan_path: Path) -> Path:
+    return plan_path.parent / f"{plan_path.stem}-model"
+
+
+def check_out(out: Path, force: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a folder path.")
+    if out.exists() and any(out.iterdir()) and not force:
+        raise UserError(f"--out {out} exists and is not empty; pick a new folder or pass --force.")
+
+
+def apply_plan(plan_path: str | Path, s: EvalSettings = EvalSettings(), *,
+               out: Path | None = None, force: bool = False, evaluate: bool = False) -> dict:
+    """Quantize, save, reload, verify (and with `evaluate`, score on `s.task`, default
+    the model's usual task); the result row. `s.model` is not used: the plan names
+    its model. `out` defaults to <plan folder>/<plan name>-model; a non-empty `out`
+    is replaced only with `force`."""
+    plan_path = Path(plan_path)
+    plan = Plan.load(plan_path)
+    out = out or default_out(plan_path)
+    check_out(out, force)
+    dev = pick_device(s.device)
+    dt = pick_dtype(s.dtype, dev)
+    backend = require_backend(s.backend, dev)
+    progress.say(f"loading model {plan.model}")
+    loaded = load_model(plan.model, dev, dt, s.checkpoint or plan.extra.get("checkpoint"))
+    resolved = plan.resolve(loaded.shapes(), loaded.heads, str(plan_path))
+    task = get_task(s.task or loaded.kind.default_task) if evaluate else None
+    dataset = task.load(loaded, s.data, s.seq_len, s.limit) if task else None
+    quantize_(loaded.model, resolved, device=dev, dtype=dt, cache=LayerCache(s.cache_dir))
+    size = measure(loaded.model)
+    reference = loaded.kind.probe_output(loaded)
+    plan.metrics.update(size_mib=size.size_mib, bits_per_weight=size.bits_per_weight)
+    result = {"out": str(out), "model": plan.model,
+              "layers_quantized": sum(c is not None for c in resolved.values()),
+              "size_mib": size.size_mib, "bits_per_weight": size.bits_per_weight}
+
+    def verify(folder: Path) -> None:
+        """Reload from the folder; same outputs, same size; evaluate if asked."""
+        back = saved.load(folder, dev, dt)
+        again = back.kind.probe_output(back)
+        diff = (again - reference).abs().max().item()
+        if not torch.allclose(again, reference, rtol=1e-4, atol=1e-4):
+            raise RuntimeError(f"reloaded model differs from the quantized one (max |diff| {diff})")
+        weights = torch.load(folder / saved.WEIGHTS, map_location="cpu", weights_only=True)
+        result.update(saved_tensor_mib=saved_tensor_bytes(weights) / 2**20,
+                      reload_size_mib=measure(back.model).size_mib, reload_max_abs_diff=diff)
+        for key in ("saved_tensor_mib", "reload_size_mib"):
+            if abs(result[key] - size.size_mib) > SIZE_TOLERANCE * size.size_mib:
+                raise RuntimeError(f"{key} {result[key]:.3f} differs from the measured size "
+                                   f"{size.size_mib:.3f} MiB by more than 1%")
+        result.update(prepare_(back.model, backend))  # serve (and evaluate) with the backend
+        if backend != "hqq":
+            result["served_max_abs_diff"] = (back.kind.probe_output(back)
+                                             - reference).abs().max().item()
+        if task is not None:
+            progress.say(f"evaluating the reloaded model on {task.name}")
+            value = task.score(back, dataset)
+            result[task.metric] = value
+            plan.metrics[task.metric] = value
+            plan.save(folder / "plan.json")
+
+    saved.save(loaded, plan, out, overwrite=force, verify=verify)
+    return result

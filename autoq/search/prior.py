@@ -1,0 +1,114 @@
+"""The sensitivity prior: per-layer sensitivities -> per-choice costs and sizes -> the
+knapsack configs the study starts from (the *prior trials*).
+
+Everything here but `enqueue` is a pure function of its arguments: the choices of
+the space, the layers' shapes, the measured sensitivities and reference points.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import optuna
+
+from .. import study as contract
+from ..plan import FP, LayerConfig
+from ..target import Target
+from . import knapsack
+from .space import Choice
+
+MIB_BITS = 2**20 * 8
+
+
+@dataclass(frozen=True)
+class Prior:
+    costs: dict[str, dict[str, float]]   # param -> option label -> predicted loss
+    bits: dict[str, dict[str, float]]    # param -> option label -> bits (additive)
+    budget: float | None    # the target as a measured loss (None: no reachable target)
+    scale: float | None     # measured loss per predicted loss, from the uniform baselines
+    max_bits: float | None  # --max-size-mib as bits left for the searched layers
+    fp: float | None        # the unquantized model's quality
+
+
+def layer_bits(shape: tuple[int, int], cfg: LayerConfig | None, fp_bits: float) -> float:
+    fin, fout = shape
+    return (cfg.bits_per_weight(fin) if cfg else fp_bits) * fin * fout
+
+
+def costs_and_bits(choices: Sequence[Choice], shapes: Mapping[str, tuple[int, int]],
+                   sens: Mapping, fp_bits: float) -> tuple[dict, dict]:
+    """Per choice and option: the summed sensitivity and the summed bits of its layers."""
+    costs, bits = {}, {}
+    for c in choices:
+        costs[c.param], bits[c.param] = {}, {}
+        for cfg, label in zip(c.options, c.labels):
+            costs[c.param][label] = sum(sens["layers"][n][label] for n in c.layers)
+            bits[c.param][label] = sum(layer_bits(shapes[n], cfg, fp_bits) for n in c.layers)
+    return costs, bits
+
+
+def loss_scale(baselines: Mapping[str, Mapping], sens: Mapping, metric: str) -> float | None:
+    """Measured log-perplexity per predicted loss on the uniform baselines (median);
+    None for accuracy or without baselines worse than fp."""
+    if metric != "ppl" or FP not in baselines:
+        return None
+    fp, ratios = baselines[FP]["ppl"], []
+    for label, m in baselines.items():
+        if label == FP:
+            continue
+        cost = sum(row.get(label, 0.0) for row in sens["layers"].values())
+        if cost > 0 and m["ppl"] > fp:
+            ratios.append(math.log(m["ppl"] / fp) / cost)
+    return sorted(ratios)[len(ratios) // 2] if ratios else None
+
+
+def max_choice_bits(choices: Sequence[Choice], shapes: Mapping[str, tuple[int, int]],
+                    fp_size_mib: float | None, max_size_mib: float | None,
+                    fp_bits: float) -> float | None:
+    """--max-size-mib in the knapsack's units: the bits left for the searched layers
+    once everything else (measured on the unquantized model) is counted."""
+    if max_size_mib is None or fp_size_mib is None:
+        return None
+    searched = {n for c in choices for n in c.layers}
+    fixed = fp_size_mib * MIB_BITS - sum(layer_bits(shapes[n], None, fp_bits) for n in searched)
+    return max_size_mib * MIB_BITS - fixed
+
+
+def budget(target: Target, fp: float | None) -> float | None:
+    """The target as a loss against fp, when fp reaches it (else no config can)."""
+    if fp is None or target.value is None or not target.reached(fp) or fp == target.value:
+        return None
+    return target.loss(target.value, fp)
+
+
+def build(choices: Sequence[Choice], shapes: Mapping[str, tuple[int, int]], sens: Mapping,
+          baselines: Mapping[str, Mapping], target: Target, fp_bits: float) -> Prior:
+    costs, bits = costs_and_bits(choices, shapes, sens, fp_bits)
+    fp = baselines.get(FP, {})
+    return Prior(costs, bits, budget(target, fp.get(target.metric)),
+                 loss_scale(baselines, sens, target.metric),
+                 max_choice_bits(choices, shapes, fp.get("size_mib"), target.max_size_mib,
+                                 fp_bits), fp.get(target.metric))
+
+
+def count(trials: int, requested: int | None) -> int:
+    """How many prior trials: as asked, else a third of the study (2..10)."""
+    return requested if requested is not None else max(2, min(10, trials // 3))
+
+
+def configs(prior: Prior, n: int) -> list[dict[str, str]]:
+    max_cost = prior.budget / prior.scale if prior.budget is not None and prior.scale else None
+    return knapsack.prior(prior.costs, prior.bits, n, max_cost, prior.max_bits)
+
+
+def enqueue(study: optuna.Study, prior: Prior, n: int) -> int | None:
+    """Enqueue the prior configs once per study; how many (None: done before)."""
+    if contract.attr(study.user_attrs, contract.PRIOR_ENQUEUED):
+        return None
+    chosen = configs(prior, n)
+    for cfg in chosen:
+        study.enqueue_trial(cfg, user_attrs={contract.ORIGIN: "prior"}, skip_if_exists=True)
+    study.set_user_attr(contract.PRIOR_ENQUEUED, len(chosen))
+    return len(chosen)

@@ -1,0 +1,166 @@
+"""A study opened for one worker: the settings, the loaded model and data, the
+space bound to the model's layers, and the Optuna study in its storage.
+
+`open_session` does all the loading and the first writes, in an order that leaves
+nothing behind when an input is bad: every input is loaded and checked, and the
+storage opened, before the study folder is made.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import optuna
+
+from .. import study as contract
+from ..errors import UserError
+from ..evaluate import EvalSettings, Evaluator
+from ..io import write_json
+from ..plan import LayerConfig, Plan
+from ..target import Target
+from . import storage as store
+from .sampler import SAMPLERS
+from .space import Choice, Space, load_space, parse_option
+
+
+@dataclass(frozen=True, kw_only=True)
+class SearchSettings:
+    eval: EvalSettings
+    target: float | None               # the quality target (None: map the whole trade-off)
+    metric: str                        # "ppl" or "accuracy"
+    trials: int = 50
+    max_size_mib: float | None = None
+    timeout: float | None = None
+    space: str | None = None
+    study: str | None = None
+    storage: str | None = None
+    out: str = "results"
+    seed: int = 0                      # the samplers' random seed
+    prior_trials: int | None = None    # first trials from the sensitivity prior (None: auto)
+    trial_speed: str = "predicted"     # per-trial speed: predicted, or measured every trial
+    prune: bool = True                 # stop scoring a trial once the target is decided
+    sampler: str = "sensitivity"
+    measure_front: int | None = None   # front configs whose speed is re-measured (None: all)
+    all_options: bool = False          # with gemlite: also options it cannot serve
+
+
+def study_name(s: SearchSettings) -> str:
+    target = "map" if s.target is None else f"{s.target:g}"
+    base = f"{s.eval.model}-{s.eval.task or 'default'}-{s.metric}{target}"
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", base).strip("_")
+
+
+@dataclass
+class Session:
+    s: SearchSettings
+    ev: Evaluator
+    target: Target
+    space: Space
+    choices: list[Choice]
+    fixed: dict[str, LayerConfig | None]   # layers the space does not search
+    name: str
+    dir: Path
+    storage_url: str
+    storage: optuna.storages.BaseStorage
+    study: optuna.Study
+    beat_s: float
+    grace_s: float
+    say: Callable[[str], None]
+
+    @property
+    def out(self) -> Path:
+        return Path(self.s.out)
+
+    @property
+    def speed_key(self) -> str:
+        return self.ev.loaded.kind.speed_key
+
+    def resolved(self, labels: dict[str, str]) -> dict[str, LayerConfig | None]:
+        """A trial's choices (param -> option label) as module name -> config."""
+        out = dict(self.fixed)
+        for c in self.choices:
+            cfg = parse_option(labels[c.param], "trial")
+            for name in c.layers:
+                out[name] = cfg
+        return {n: out[n] for n in self.ev.shapes}
+
+    def plan(self, resolved, metrics: dict, number: int | None = None) -> Plan:
+        extra = {"study": self.name, "task": self.ev.task.name, "protocol": self.ev.protocol}
+        if number is not None:
+            extra["trial"] = number
+        if self.s.eval.checkpoint:
+            extra["checkpoint"] = self.s.eval.checkpoint
+        return Plan(self.s.eval.model, dict(resolved), None, dict(metrics), extra)
+
+
+def info(s: SearchSettings, ev: Evaluator, space: Space, name: str, url: str) -> dict:
+    """The study.json object (also the study's `autoq:study` attribute)."""
+    return {"format": contract.FORMAT, "study": name, "storage": url, "model": s.eval.model,
+            "task": ev.task.name, "metric": ev.task.metric,
+            "higher_is_better": ev.task.higher_is_better, "target": s.target,
+            "max_size_mib": s.max_size_mib, "protocol": ev.protocol,
+            "speed_key": ev.loaded.kind.speed_key, "space": space.source,
+            "settings": asdict(s.eval)}
+
+
+def _allowed(ev: Evaluator, all_options: bool):
+    """Options kept per layer: with gemlite, only what gemlite serves itself (unless
+    --all-options), so no searched layer silently falls back."""
+    if ev.backend == "hqq" or all_options:
+        return lambda cfg, fin, fout: True
+    from ..backends import servable
+
+    return servable(ev.backend)
+
+
+def open_session(s: SearchSettings, say: Callable[[str], None] = lambda m: None) -> Session:
+    if s.sampler not in SAMPLERS:
+        raise UserError(f"--sampler {s.sampler!r}: use one of {', '.join(SAMPLERS)}.")
+    if s.storage:
+        store.check_url(s.storage)  # a typo fails before the model loads
+    beat_s, grace_s = store.timing()
+    ev = Evaluator(s.eval)
+    ev.fast_scoring = ev.device.type == "cpu"  # HQQ's CPU forward unpacks per call
+    if ev.task.metric != s.metric:
+        flag = "--target-ppl" if ev.task.metric == "ppl" else "--target-acc"
+        raise UserError(f"task {ev.task.name} measures {ev.task.metric}; give {flag}.")
+    space = load_space(s.space or ev.loaded.kind.default_space)
+    choices, fixed = space.bind(ev.shapes, _allowed(ev, s.all_options))
+    name = s.study or study_name(s)
+    folder = Path(s.out) / name
+    # nothing is written before here: a bad model, data, space or storage leaves no trace
+    if s.storage is None:
+        folder.mkdir(parents=True, exist_ok=True)
+    url = s.storage or f"sqlite:///{folder.resolve()}/study.db"
+    storage = store.open_storage(url)
+    folder.mkdir(parents=True, exist_ok=True)
+    the_info = info(s, ev, space, name, url)
+    study = _open_study(storage, url, name, the_info, s.seed)
+    write_json(folder / contract.STUDY_FILE, the_info)
+    target = Target(ev.task.metric, s.target, ev.task.higher_is_better, s.max_size_mib)
+    return Session(s, ev, target, space, choices, fixed, name, folder, url, storage, study,
+                   beat_s, grace_s, say)
+
+
+def _open_study(storage, url: str, name: str, the_info: dict, seed: int) -> optuna.Study:
+    sampler = optuna.samplers.RandomSampler(seed=seed)  # replaced once the prior is in
+    senses = ["minimize", "maximize" if the_info["higher_is_better"] else "minimize"]
+    try:
+        study = optuna.create_study(storage=storage, study_name=name, sampler=sampler,
+                                    directions=senses, load_if_exists=True)
+    except Exception as e:
+        raise UserError(f"--storage {url}: cannot create or open study {name!r} "
+                        f"({e.__class__.__name__}: {str(e)[:160]}).")
+    old = contract.attr(study.user_attrs, contract.INFO)
+    if old is None:
+        study.set_user_attr(contract.INFO, the_info)
+    else:
+        for key in ("model", "task", "target", "protocol"):
+            if old.get(key) != the_info[key]:
+                raise UserError(f"study {name!r} in {url} was made with {key}={old.get(key)!r}, "
+                                f"not {the_info[key]!r}; use another --study name or the "
+                                "original settings.")
+    return study

@@ -1,0 +1,191 @@
+"""One trial: the sampler's choices -> a plan -> quantized, scored (stopping as soon as
+the data seen decides the target), measured -> the trial's attributes.
+
+`TrialRunner.evaluate` is the one call into the evaluator, so a test can replace
+it. What raises inside a trial is recorded as the trial's fail reason; the worker
+loop (run.py) decides what happens next.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from .. import study as contract
+from ..estimate import Estimate, estimate
+from ..tasks import LINK
+from . import storage as store
+from .prior import Prior
+from .references import References
+from .session import Session
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+class SurplusTrial(Exception):
+    pass
+
+
+def note(trial: optuna.Trial, key: str, value) -> None:
+    """Set a user attr unless another worker already failed the trial as stale."""
+    try:
+        trial.set_user_attr(key, value)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        pass
+
+
+def budget_ok(study: optuna.Study, trial: optuna.Trial, total: int) -> None:
+    """Fail (as surplus) a trial that could make more than `total` finished trials.
+
+    Exact with any number of workers: a trial may run only while fewer than `total`
+    lower-numbered trials are waiting, running or finished. Numbers follow creation
+    order and states only move WAITING -> RUNNING -> finished (or FAIL), so if
+    total + 1 trials finished, the highest-numbered one saw the other `total`.
+    A prior config that another worker enqueued too (a start-up race) is surplus."""
+    alive = FINISHED + (TrialState.RUNNING, TrialState.WAITING)
+    ahead = [t for t in study.get_trials(deepcopy=False, states=alive) if t.number < trial.number]
+    mine = study._storage.get_trial_system_attrs(trial._trial_id).get("fixed_params")
+    why = f"{total} trials are already finished, running or waiting" if len(ahead) >= total else \
+        next((f"the same prior config is trial {t.number}" for t in ahead
+              if mine and t.system_attrs.get("fixed_params") == mine
+              and contract.origin(trial.user_attrs) == "prior" == contract.origin(t.user_attrs)),
+             None)
+    if why:
+        trial.set_user_attr(contract.SURPLUS, True)
+        raise SurplusTrial(why)
+
+
+class TrialRunner:
+    def __init__(self, session: Session, refs: References, prior: Prior, early: bool):
+        self.session, self.refs, self.prior, self.early = session, refs, prior, early
+        self.latency = None   # the latency model, made at the first predicted speed
+        self.trial_id: int | None = None
+
+    def evaluate(self, resolved, **kw) -> dict:
+        return self.session.ev.run(resolved, **kw)
+
+    def objective(self, trial: optuna.Trial):
+        """One trial under a heartbeat. What raises is recorded as the trial's fail
+        reason (optuna marks it FAIL); Ctrl-C re-enqueues the config first."""
+        session = self.session
+        self.trial_id = trial._trial_id
+        with store.heartbeat(session.storage, trial._trial_id, session.beat_s):
+            try:
+                return self._trial(trial)
+            except optuna.TrialPruned:
+                raise
+            except KeyboardInterrupt:
+                store.requeue(session.study, session.storage.get_trial(trial._trial_id))
+                note(trial, contract.FAIL_REASON,
+                     "interrupted (Ctrl-C); its config is enqueued again")
+                raise
+            except Exception as e:
+                text = str(e).strip().splitlines()
+                note(trial, contract.FAIL_REASON,
+                     f"{e.__class__.__name__}: {text[0][:300] if text else ''}")
+                raise
+
+    def _trial(self, trial: optuna.Trial):
+        session, target = self.session, self.session.target
+        budget_ok(session.study, trial, session.s.trials)
+        labels = {c.param: trial.suggest_categorical(c.param, c.labels) for c in session.choices}
+        resolved = session.resolved(labels)
+        trial.set_user_attr(contract.ORIGIN, contract.origin(trial.user_attrs))
+        trial.set_user_attr(contract.LAYERS, session.plan(resolved, {}).to_json()["layers"])
+        dup = next((t for t in session.study.get_trials(deepcopy=False,
+                                                         states=(TrialState.COMPLETE,))
+                    if t.params == trial.params
+                    and contract.attr(t.user_attrs, contract.METRICS) is not None), None)
+        if dup is not None:
+            metrics = metrics_of(session.study, dup)
+            trial.set_user_attr(contract.DUPLICATE_OF, dup.number)
+        else:
+            metrics, verdict = self.score(labels, resolved)
+            if verdict == "infeasible":
+                self.constrain(trial, metrics)
+                trial.set_user_attr(contract.METRICS, metrics)
+                trial.set_user_attr(contract.PRUNED_AT, metrics["fraction"])
+                raise optuna.TrialPruned(f"{target.metric} ~{metrics[target.metric]:.4g} after "
+                                         f"{metrics['fraction']:.0%} of the data")
+            trial.set_user_attr(contract.UNITS, metrics.pop("units"))  # a rescore goes on here
+            self.add_speed(metrics, resolved)
+        trial.set_user_attr(contract.METRICS, metrics)
+        if not math.isfinite(metrics[target.metric]):
+            raise FloatingPointError(f"{target.metric} is {metrics[target.metric]} (numerical "
+                                     "overflow in the quantized model)")
+        self.constrain(trial, metrics)
+        return metrics["size_mib"], metrics[target.metric]
+
+    def constrain(self, trial: optuna.Trial, metrics: dict) -> None:
+        for name, value in self.session.target.constraints(metrics).items():
+            trial.set_constraint(name, value)
+
+    def score(self, labels: dict, resolved) -> tuple[dict, str | None]:
+        """Score until the data seen decides the target (or all of it); the metric of
+        a partly scored trial is the estimate for all the data, with its interval."""
+        metric = self.session.target.metric
+        prior = self.prior
+        oversize = prior.max_bits is not None and \
+            sum(prior.bits[p][o] for p, o in labels.items()) > prior.max_bits
+        last: dict = {}  # the verdict and estimate of the last check
+
+        def stop(units: list[float]) -> bool:
+            if units and not math.isfinite(units[-1]):
+                last.update(verdict="nan", est=None)
+                return True
+            last["verdict"], last["est"] = self.judge(units, oversize)
+            return last["verdict"] is not None
+
+        metrics = self.evaluate(resolved, speed=self.session.s.trial_speed == "measured",
+                                check_every=self.session.ev.task.check_every, stop=stop)
+        est = last.get("est")
+        if metrics["fraction"] < 1 and last.get("verdict") != "nan":
+            metrics[metric] = LINK[metric](est.mean) if est else math.nan
+            if est:
+                metrics[f"{metric}_interval"] = list(est.interval(LINK[metric]))
+                metrics["estimated_from"] = est.reference
+        return metrics, last.get("verdict")
+
+    def judge(self, units: list[float], oversize: bool = False
+              ) -> tuple[str | None, Estimate | None]:
+        """('infeasible' | 'feasible' | None, the estimate): decided once the units seen
+        put the target outside the interval (`autoq.estimate`); None: score on."""
+        if oversize:
+            return "infeasible", None
+        every = self.session.ev.task.check_every
+        if not self.early or len(units) < every:
+            return None, None
+        est = estimate(units, self.session.ev.total, self.refs.units())
+        return self.session.target.decide(est.interval(LINK[self.session.target.metric])), est
+
+    def add_speed(self, metrics: dict, resolved) -> None:
+        """The speed of a trial: measured (--trial-speed measured), else predicted."""
+        session = self.session
+        if session.s.trial_speed == "measured":
+            metrics["speed_source"] = "measured"
+            return
+        if self.latency is None:
+            from ..latency import LatencyModel
+
+            options = sorted({c for c in resolved.values() if c} |
+                             {o for ch in session.choices for o in ch.options if o},
+                             key=lambda c: (c.nbits, c.group_size or 0))
+            self.latency = LatencyModel.for_model(session.ev.loaded, options,
+                                                  session.ev.backend, Path(session.s.out))
+        metrics[session.speed_key] = 1.0 / self.latency.predict(resolved)
+        metrics["speed_source"] = "predicted"
+
+
+def metrics_of(study: optuna.Study, t, rescored: dict | None = None,
+               front_speed: dict | None = None) -> dict:
+    """A trial's metrics with the study's overlay (`autoq.study.overlay`)."""
+    if rescored is None:
+        rescored = contract.attr(study.user_attrs, contract.RESCORED, {})
+    if front_speed is None:
+        front_speed = {}
+    number = contract.attr(t.user_attrs, contract.DUPLICATE_OF, t.number)
+    return contract.overlay(contract.attr(t.user_attrs, contract.METRICS, {}),
+                            rescored.get(str(number)), front_speed.get(str(t.number)))

@@ -1,0 +1,78 @@
+"""The quality target of a study: what "meets the target" means, once.
+
+A `Target` is frozen and pure. The search uses it to constrain trials, to stop
+scoring a trial early and to pick `best.json`; `autoq report` uses the same
+object to mark feasible configs, so both always agree.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Mapping
+
+
+@dataclass(frozen=True)
+class Target:
+    metric: str                       # "ppl" or "accuracy"
+    value: float | None               # None: no quality target (map the trade-off)
+    higher_is_better: bool = False
+    max_size_mib: float | None = None
+
+    # ---- comparisons -----------------------------------------------------------------
+    def better(self, a: float, b: float) -> bool:
+        return a > b if self.higher_is_better else a < b
+
+    def reached(self, value: float) -> bool:
+        """`value` is on the good side of the quality target (or there is none)."""
+        if self.value is None:
+            return True
+        return value >= self.value if self.higher_is_better else value <= self.value
+
+    def meets(self, metrics: Mapping) -> bool:
+        """A finite quality that reaches the target, and the size cap if there is one."""
+        value = metrics.get(self.metric)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or \
+                not math.isfinite(value) or not self.reached(value):
+            return False
+        size = metrics.get("size_mib")
+        return self.max_size_mib is None or (isinstance(size, (int, float))
+                                             and size <= self.max_size_mib)
+
+    # ---- what the search derives from it ------------------------------------------------
+    def constraints(self, metrics: Mapping) -> dict[str, float]:
+        """Optuna constraint values (feasible when <= 0): quality, and size if capped."""
+        v = metrics.get(self.metric, math.inf)
+        v = v if math.isfinite(v) else (-1e9 if self.higher_is_better else 1e9)
+        out = {}
+        if self.value is not None:
+            out["quality"] = self.value - v if self.higher_is_better else v - self.value
+        if self.max_size_mib is not None and "size_mib" in metrics:
+            out["size"] = metrics["size_mib"] - self.max_size_mib
+        return out
+
+    def loss(self, value: float | None, fp: float) -> float | None:
+        """Quality loss against the unquantized model, in the units the sensitivity
+        model predicts: log(ppl / fp ppl), or the accuracy drop."""
+        if value is None or not math.isfinite(value) or (self.metric == "ppl" and value <= 0):
+            return None
+        return math.log(value / fp) if self.metric == "ppl" else fp - value
+
+    def decide(self, interval: tuple[float, float]) -> str | None:
+        """'feasible' when the whole (low, high) interval reaches the target,
+        'infeasible' when none of it does, else None (score on)."""
+        if self.value is None:
+            return None
+        lo, hi = interval
+        worst, best = (lo, hi) if self.higher_is_better else (hi, lo)
+        if self.reached(worst):
+            return "feasible"
+        if not self.reached(best):
+            return "infeasible"
+        return None
+
+    def text(self) -> str:
+        if self.value is None:
+            return "no target"
+        value = f"{self.value:.1%}" if self.metric == "accuracy" else f"{self.value:.2f}"
+        return f"{self.metric} {'≥' if self.higher_is_better else '≤'} {value}"
