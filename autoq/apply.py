@@ -16,7 +16,10 @@ from .backends import prepare_, require_backend
 from .errors import UserError
 from .evaluate import EvalSettings
 from .models import load_model, pick_device, pick_dtype
-from .plan import Plan
+from .coverage import of_model
+from .coverage import summary as coverage_summary
+from .layers import tied_groups
+from .plan import Plan, tie_notes
 from .quantize import LayerCache, quantize_
 from .size import measure, saved_tensor_bytes
 from .tasks import get_task
@@ -50,16 +53,24 @@ def apply_plan(plan_path: str | Path, s: EvalSettings = EvalSettings(), *,
     backend = require_backend(s.backend, dev)
     progress.say(f"loading model {plan.model}")
     loaded = load_model(plan.model, dev, dt, s.checkpoint or plan.extra.get("checkpoint"))
-    resolved = plan.resolve(loaded.shapes(), loaded.heads, str(plan_path))
+    resolved = plan.resolve(loaded.shapes(), loaded.keep(), str(plan_path))
     task = get_task(s.task or loaded.kind.default_task) if evaluate else None
     dataset = task.load(loaded, s.data, s.seq_len, s.limit) if task else None
     quantize_(loaded.model, resolved, device=dev, dtype=dt, cache=LayerCache(s.cache_dir))
+    saved.round_to_storage_(loaded.model, saved.storage_dtype(dt))  # compute what is saved
     size = measure(loaded.model)
     reference = loaded.kind.probe_output(loaded)
-    plan.metrics.update(size_mib=size.size_mib, bits_per_weight=size.bits_per_weight)
+    plan.metrics.update(size_mib=size.size_mib, bits_per_weight=size.bits_per_weight,
+                        model_bits_per_weight=size.model_bits_per_weight)
+    cov = of_model(loaded, resolved)
     result = {"out": str(out), "model": plan.model,
               "layers_quantized": sum(c is not None for c in resolved.values()),
-              "size_mib": size.size_mib, "bits_per_weight": size.bits_per_weight}
+              "size_mib": size.size_mib, "bits_per_weight": size.bits_per_weight,
+              "model_bits_per_weight": size.model_bits_per_weight, "coverage": cov,
+              "ties": tie_notes(resolved, tied_groups(loaded.model))}
+    progress.say(coverage_summary(cov))
+    for note in result["ties"]:
+        progress.say(note)
 
     def verify(folder: Path) -> None:
         """Reload from the folder; same outputs, same size; evaluate if asked."""

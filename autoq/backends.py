@@ -113,13 +113,6 @@ def require_backend(name: str, device: torch.device | str) -> str:
 
 
 # ---- conversion (side effects) -------------------------------------------------------
-def layer_config(layer) -> LayerConfig:
-    """The LayerConfig an HQQLinear was quantized with."""
-    group = layer.meta["group_size"]
-    return LayerConfig.from_json({"nbits": layer.meta["nbits"],
-                                  "group_size": None if group == layer.in_features else group})
-
-
 @register("hqq", "HQQ's torch backend (dequantize + matmul), any device", False, hqq_problem)
 def _keep(layer: nn.Module) -> nn.Module:
     return layer
@@ -136,29 +129,51 @@ def to_gemlite(layer: nn.Module) -> nn.Module:
         layer, del_orig=False)
 
 
+class Served(nn.Module):
+    """A quantized layer served by a backend's kernel; the HQQ layer it was made from is
+    kept (not a submodule) for model code that reads `.weight` and for the layer cache."""
+
+    served = True
+
+    def __init__(self, kernel: nn.Module, hqq: nn.Module):
+        super().__init__()
+        self.kernel = kernel
+        object.__setattr__(self, "hqq", hqq)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.kernel(x)
+
+    @property
+    def weight(self):
+        return self.hqq.weight
+
+
+NOT_MATMULS = {"embedding": "a lookup: rows are gathered from HQQ's packed table",
+               "expert": "an expert: dequantized one expert at a time in torch"}
+
+
 def prepare_(model: nn.Module, backend: str) -> dict:
-    """Serve every HQQLinear of `model` with `backend` where it can, in place.
+    """Serve every quantized linear layer of `model` with `backend` where it can, in place.
 
     Returns {"backend", "gemlite_layers": converted count, "fallback": {name: reason}}:
     the quantized layers that stay on HQQ's torch backend, and why.
     """
-    from hqq.core.quantize import HQQLinear
-
-    from .quantize import set_module
+    from .layers import set_module, units_of
+    from .quantize import installed, layer_config
 
     b = BACKENDS[backend]
     converted, fallback = 0, {}
-    if backend == "hqq":  # HQQLinear is already HQQ's torch backend
+    if backend == "hqq":  # the HQQ layers are HQQ's torch backend already
         return {"backend": backend, "gemlite_layers": 0, "fallback": fallback}
-    for name, module in list(model.named_modules()):
-        if not isinstance(module, HQQLinear):
-            continue
-        why = b.problem(layer_config(module), module.in_features, module.out_features)
-        if why is None and module.meta.get("axis", 1) != 1:
-            why = f"{b.name} needs axis=1, not axis={module.meta['axis']}"
+    units = units_of(model)
+    for name, layer in installed(model).items():
+        why = NOT_MATMULS.get(units[name].type) or \
+            b.problem(layer_config(layer), layer.in_features, layer.out_features)
+        if why is None and layer.meta.get("axis", 1) != 1:
+            why = f"{b.name} needs axis=1, not axis={layer.meta['axis']}"
         if why:
             fallback[name] = why
             continue
-        set_module(model, name, b.convert(module))
+        set_module(model, name, Served(b.convert(layer), layer))
         converted += 1
     return {"backend": backend, "gemlite_layers": converted, "fallback": fallback}

@@ -11,6 +11,7 @@ import typer
 
 from . import progress
 from .errors import UserError
+from .coverage import summary as coverage_summary
 from .plan import LayerConfig, Plan, uniform_plan
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -76,7 +77,8 @@ def models(quiet: bool = Quiet):
 def eval(model: Optional[str] = typer.Option(None, "--model", "-m", help="Registry name, hf:<id|path> or timm:<name> (see `autoq models`); default: the plan's model, else smollm2."),
          task: Optional[str] = Task, data: Optional[str] = Data,
          seq_len: Optional[int] = SeqLen, limit: Optional[int] = Limit,
-         uniform: Optional[str] = typer.Option(None, "--uniform", help="NBITS:GROUP on every layer but the head, e.g. 4:64."),
+         uniform: Optional[str] = typer.Option(None, "--uniform", help="NBITS:GROUP on every layer but the head, embeddings and routers (layers that cannot take it are skipped and named), e.g. 4:64."),
+         whole_model: bool = typer.Option(False, "--whole-model", help="With --uniform: also quantize the head and the embeddings (a tied pair as one tensor)."),
          plan: Optional[Path] = typer.Option(None, "--plan", help="A plan file (autoq.plan/1)."),
          checkpoint: Optional[str] = Checkpoint, device: str = Device, dtype: str = Dtype,
          cache_dir: Optional[str] = CacheDir, as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
@@ -92,14 +94,23 @@ def eval(model: Optional[str] = typer.Option(None, "--model", "-m", help="Regist
     ev = Evaluator(EvalSettings(model=model, task=task, data=data, seq_len=seq_len, limit=limit,
                                 checkpoint=checkpoint, device=device, dtype=dtype,
                                 cache_dir=cache_dir, backend=backend))
+    keep = ev.loaded.keep()
     if cfg is not None:
-        the_plan = uniform_plan(model, cfg, ev.shapes, ev.loaded.heads)
+        keep = {n: why for n, why in keep.items() if not whole_model or why == "a router"}
+        the_plan = uniform_plan(model, cfg, ev.shapes, keep)
     resolved = ev.resolve(the_plan, str(plan) if plan else "--uniform") if the_plan else \
         {n: None for n in ev.shapes}
+    skipped = the_plan.extra.get("skipped", {}) if the_plan else {}
+    for name, why in skipped.items():
+        progress.say(f"--uniform {uniform}: {name} skipped ({why})")
     metrics = ev.run(resolved)
     metrics.pop("units")  # per-window / per-image values: for a search, not for a user
+    cov = ev.coverage(resolved, {**keep, **{n: f"cannot take {uniform}" for n in skipped}})
     result = {"model": model, "task": ev.task.name,
-              "config": uniform or (str(plan) if plan else "unquantized"), **metrics}
+              "config": uniform or (str(plan) if plan else "unquantized"), **metrics,
+              "coverage": cov, "ties": ev.tie_notes(resolved)}
+    if not as_json:
+        progress.say(coverage_summary(cov))
     if as_json:
         typer.echo(json.dumps(result))
     else:

@@ -18,7 +18,7 @@ from .backends import prepare_, require_backend
 from .models import load_model, pick_device, pick_dtype
 from .plan import LayerConfig, Plan
 from .progress import say
-from .quantize import LayerCache, quantize_, set_module
+from .quantize import LayerCache, quantize_
 from .size import Size, measure
 from .tasks import get_task
 
@@ -68,11 +68,24 @@ class Evaluator:
         return self.task.count(self.dataset)
 
     def resolve(self, plan: Plan, source: str = "plan") -> dict[str, LayerConfig | None]:
-        return plan.resolve(self.shapes, self.loaded.heads, source)
+        return plan.resolve(self.shapes, self.loaded.keep(), source)
 
-    def apply(self, resolved: Mapping[str, LayerConfig | None]) -> None:
+    def coverage(self, resolved: Mapping[str, LayerConfig | None],
+                 reasons: Mapping[str, str] | None = None) -> dict:
+        """What `resolved` quantizes of the model (autoq.coverage)."""
+        from .coverage import of_model
+
+        return of_model(self.loaded, resolved, reasons)
+
+    def tie_notes(self, resolved: Mapping[str, LayerConfig | None]) -> list[str]:
+        from .layers import tied_groups
+        from .plan import tie_notes
+
+        return tie_notes(resolved, tied_groups(self.loaded.model))
+
+    def apply(self, resolved: Mapping[str, LayerConfig | None], fast: bool = False) -> None:
         quantize_(self.loaded.model, resolved, device=self.device, dtype=self.dtype,
-                  cache=self.cache)
+                  cache=self.cache, fast=fast)
 
     def serve(self, resolved: Mapping[str, LayerConfig | None]) -> tuple[Size, dict]:
         """Quantize per `resolved` (size measured on the HQQ layers), then convert what
@@ -100,11 +113,7 @@ class Evaluator:
         t = time.perf_counter()
         fast = self.fast_scoring and self.backend == "hqq"
         if fast:  # score from once-dequantized weights: same outputs, no per-call unpacking
-            from hqq.core.quantize import HQQLinear
-
-            for name, module in list(self.loaded.model.named_modules()):
-                if isinstance(module, HQQLinear):
-                    set_module(self.loaded.model, name, self.cache.dequantized(module))
+            self.apply(resolved, fast=True)
         total, seen = self.total, list(done or [])
         rest = self.task.take(self.shuffled, range(len(seen), total))
         try:
@@ -116,10 +125,10 @@ class Evaluator:
                         break
         finally:
             if fast:
-                self.apply(resolved)  # back to the HQQLinear layers (for speed, saving)
+                self.apply(resolved)  # back to the HQQ layers (for speed, saving)
         value = self.task.metric_of(seen) if seen else float("nan")
         out = {self.task.metric: value, "size_mib": size.size_mib,
-               "bits_per_weight": size.bits_per_weight,
+               "memory_mib": size.memory_mib, "bits_per_weight": size.bits_per_weight,
                "model_bits_per_weight": size.model_bits_per_weight,
                "quantized_layers": sum(c is not None for c in resolved.values()),
                **served,

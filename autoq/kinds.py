@@ -64,7 +64,7 @@ class Kind:
 
 class LanguageModel(Kind):
     name, words = "lm", "a causal language model"
-    default_task, default_space = "wikitext2", "llama-per-layer"
+    default_task, default_space = "wikitext2", "lm-per-layer"
     speed_key, unit = "tokens_per_s", "token"
 
     def heads(self, model):

@@ -42,10 +42,11 @@ from torch import nn
 
 from .backends import require_backend, served_by
 from .io import write_json
-from .plan import LayerConfig
+from .plan import LayerConfig, label_of
 from .quantize import unquantized
 
 FORMAT = "autoq.latency/1"
+MATMUL, LOOKUP = "matmul", "lookup"
 CPU_BUDGET_S = 0.02     # per (shape, option): stop repeating after this much time ...
 MIN_REPEATS = 3         # ... but time at least this many forwards
 MAX_REPEATS = 50
@@ -55,11 +56,32 @@ MAX_COPIES = 32         # layer copies cycled through to defeat L2
 
 
 def layer_key(fin: int, fout: int, cfg: LayerConfig | None, served: str,
-              lead: tuple[int, ...], mode: str = "eager") -> str:
+              lead: tuple[int, ...], mode: str = "eager", op: str = MATMUL) -> str:
     """Table key: shape, option ("fp" for none), serving kernels, input leading dims,
-    timing mode."""
-    label = cfg.label if cfg is not None else "fp"
-    return f"{fin}x{fout}|{label}|{served}|{'x'.join(map(str, lead))}|{mode}"
+    timing mode (and, for a lookup, "lookup:" first)."""
+    key = f"{fin}x{fout}|{label_of(cfg)}|{served}|{'x'.join(map(str, lead))}|{mode}"
+    return key if op == MATMUL else f"{op}:{key}"
+
+
+def pricing(loaded) -> dict[str, tuple[str, float]]:
+    """Layer name -> (operation, share of the steps it runs in): a linear is a matmul
+    every step; an embedding is a lookup (one row per decoded token, not a matmul); an
+    expert runs in top_k of its experts' count of the steps (batch-1 decode)."""
+    units = loaded.units()
+    experts: dict[str, int] = {}
+    for u in units.values():
+        if u.type == "expert":
+            experts[f"{u.module}.{u.param}"] = experts.get(f"{u.module}.{u.param}", 0) + 1
+    top_k = getattr(getattr(loaded.model, "config", None), "num_experts_per_tok", 1) or 1
+    out = {}
+    for name, u in units.items():
+        if u.type == "embedding":
+            out[name] = (LOOKUP, 1.0)
+        elif u.type == "expert":
+            out[name] = (MATMUL, min(1.0, top_k / experts[f"{u.module}.{u.param}"]))
+        else:
+            out[name] = (MATMUL, 1.0)
+    return out
 
 
 @dataclass
@@ -72,17 +94,23 @@ class LatencyModel:
     mode: str = "eager"                      # how layers were timed (see timing_mode)
     unit: str = "token"                      # what one predicted time produces
     info: dict = field(default_factory=dict)  # device, cache file, measured fp time
+    ops: dict[str, tuple[str, float]] = field(default_factory=dict)  # name -> (op, share)
 
     # ---- pure arithmetic ---------------------------------------------------------
     def layer_time(self, name: str, cfg: LayerConfig | None,
                    shapes: Mapping[str, tuple[int, int]] | None = None) -> float:
+        """Seconds one layer adds per token (image): its operation's timing times the
+        share of the steps it runs in."""
         fin, fout = (shapes or self.shapes)[name]
-        key = layer_key(fin, fout, cfg, served_by(cfg, fin, fout, self.backend), self.lead,
-                        self.mode)
+        op, share = self.ops.get(name, (MATMUL, 1.0))
+        served = served_by(cfg, fin, fout, self.backend) if op == MATMUL else \
+            ("fp" if cfg is None else "hqq")
+        key = layer_key(fin, fout, cfg, served, self.lead if op == MATMUL else (1,), self.mode,
+                        op)
         if key not in self.layer_seconds:
             raise KeyError(f"no latency measured for {name} ({key}); pass that option to "
                            "LatencyModel.for_model(options=...)")
-        return self.layer_seconds[key]
+        return share * self.layer_seconds[key]
 
     def predict(self, resolved: Mapping[str, LayerConfig | None],
                 shapes: Mapping[str, tuple[int, int]] | None = None) -> float:
@@ -115,23 +143,26 @@ class LatencyModel:
         speed_kwargs = dict(speed_kwargs or {})
         device, dtype = loaded.device, loaded.dtype
         backend = require_backend(backend, device)
-        shapes = loaded.shapes()
+        shapes, ops = loaded.shapes(), pricing(loaded)
         lead, mode = loaded.kind.serving_lead(loaded), timing_mode(loaded, speed_kwargs)
         cache = TableCache(cache_dir, device, dtype, backend)
         configs = {None, *options}
         todo: dict[str, tuple] = {}
-        for fin, fout in sorted(set(shapes.values())):
+        for (fin, fout), op in sorted({(shapes[n], ops[n][0]) for n in shapes}):
             for cfg in configs:
                 if cfg is not None and cfg.problem(fin, fout):
                     continue  # HQQ cannot quantize this shape with cfg: never planned
-                served = served_by(cfg, fin, fout, backend)
-                todo[layer_key(fin, fout, cfg, served, lead, mode)] = (fin, fout, cfg, served)
-        for key, (fin, fout, cfg, served) in todo.items():
+                served = served_by(cfg, fin, fout, backend) if op == MATMUL else \
+                    ("fp" if cfg is None else "hqq")
+                key = layer_key(fin, fout, cfg, served, lead if op == MATMUL else (1,), mode, op)
+                todo[key] = (fin, fout, cfg, served, op)
+        for key, (fin, fout, cfg, served, op) in todo.items():
             if key not in cache.layers:
                 if progress:
                     progress(key)
                 cache.layers[key] = bench_layer(fin, fout, cfg, served, device, dtype, lead,
-                                                mode)
+                                                mode) if op == MATMUL else \
+                    bench_lookup(fin, fout, cfg, device, dtype, mode)
         model_key = _model_key(loaded, shapes, speed_kwargs)
         if model_key not in cache.rest:
             with unquantized(loaded.model, device=device, dtype=dtype):
@@ -139,7 +170,7 @@ class LatencyModel:
         fp_time = cache.rest[model_key]
         cache.save()
         table = {k: cache.layers[k] for k in todo}
-        lat = cls(table, 0.0, dict(shapes), backend, lead, mode, loaded.kind.unit)
+        lat = cls(table, 0.0, dict(shapes), backend, lead, mode, loaded.kind.unit, ops=ops)
         linears = lat.predict({})  # rest is 0 here: the sum of the fp linears
         lat.rest_seconds = max(fp_time - linears, 0.0)
         lat.info = {"device": cache.device_name, "cache_file": str(cache.path or ""),
@@ -163,7 +194,7 @@ def timing_layer(fin: int, fout: int, cfg: LayerConfig | None, served: str,
     """A random layer of that shape as served (weights' values do not change speed;
     quantized without HQQ's solver: the same packing, fast)."""
     from .backends import BACKENDS
-    from .quantize import quantize_linear
+    from .quantize import quantize_matrix
 
     g = torch.Generator().manual_seed(seed)
     linear = nn.Linear(fin, fout, bias=False)
@@ -172,7 +203,7 @@ def timing_layer(fin: int, fout: int, cfg: LayerConfig | None, served: str,
     linear = linear.to(device=device, dtype=dtype).requires_grad_(False)
     if cfg is None:
         return linear
-    layer = quantize_linear(linear, cfg, device, dtype, optimize=False)
+    layer = quantize_matrix(linear.weight.data, None, cfg, device, dtype, optimize=False)
     return BACKENDS[served].convert(layer)
 
 
@@ -206,6 +237,26 @@ def bench_layer(fin: int, fout: int, cfg: LayerConfig | None, served: str,
     except Exception:  # noqa: BLE001  (not capturable: time it eagerly)
         torch.cuda.synchronize(device)
         return _eager_seconds(layers, x, device, forward)
+
+
+@torch.inference_mode()
+def bench_lookup(hidden: int, vocab: int, cfg: LayerConfig | None, device: torch.device,
+                 dtype: torch.dtype, mode: str = "eager") -> float:
+    """Seconds of one token's embedding lookup in a (vocab, hidden) table: a gather of one
+    row, dequantizing only that row when the table is quantized."""
+    from .qmodules import lookup
+
+    emb = nn.Embedding(vocab, hidden, device=device, dtype=dtype)
+    layer = emb if cfg is None else lookup(emb, timing_layer(hidden, vocab, cfg, "hqq", device,
+                                                             dtype))
+    ids = torch.zeros(1, 1, dtype=torch.long, device=device)
+    if device.type != "cuda" or mode in ("eager", "stream"):
+        return _eager_seconds([layer], ids, device)
+    try:
+        return _cuda_graph_seconds([layer], ids)
+    except Exception:  # noqa: BLE001  (not capturable: time it eagerly)
+        torch.cuda.synchronize(device)
+        return _eager_seconds([layer], ids, device)
 
 
 def _call(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Collection, Mapping
 
 from .errors import UserError
 from .io import write_json
@@ -185,41 +185,68 @@ class Plan:
         write_json(path, self.to_json())
 
     # ---- against a model --------------------------------------------------------
-    def resolve(self, shapes: Mapping[str, tuple[int, int]], heads: set[str] = frozenset(),
+    def resolve(self, shapes: Mapping[str, tuple[int, int]], keep: Collection[str] = frozenset(),
                 source: str = "plan") -> dict[str, LayerConfig | None]:
-        """Every quantizable layer -> its config (None = keep), validated against
-        the model's (in_features, out_features) per full module name."""
+        """Every quantizable layer -> its config (None = not quantized), validated against
+        the model's (in_features, out_features) per layer name. `default` skips the
+        layers in `keep` (the head, the embeddings, routers)."""
         for name in self.layers:
             if name not in shapes:
                 close = [n for n in shapes if n.endswith(name.split(".")[-1])][:2]
                 hint = f" (layers look like {close[0]!r})" if close else ""
-                raise UserError(f"{source}: layers[{name!r}] is not a linear layer of model "
+                raise UserError(f"{source}: layers[{name!r}] is not a quantizable layer of model "
                                 f"{self.model!r}{hint}; remove it or fix the name.")
         out: dict[str, LayerConfig | None] = {}
         for name, (fin, fout) in shapes.items():
             if name in self.layers:
                 cfg, where = self.layers[name], f"layers[{name!r}]"
-            elif self.default is not None and name not in heads:
+            elif self.default is not None and name not in keep:
                 cfg, where = self.default, f"default (applied to {name!r})"
             else:
                 cfg, where = None, ""
             if cfg is not None:
                 why = cfg.problem(fin, fout)
                 if why:
-                    raise UserError(f"{source}: {where}: {why}; choose a group_size that divides "
-                                    f"{fin} ({_divisors(fin, fout, cfg.nbits)}).")
+                    raise UserError(f"{source}: {where}: {why}; {fix(cfg, fin, fout)}.")
             out[name] = cfg
         return out
 
 
-def _divisors(fin: int, fout: int, nbits: float) -> str:
-    ok = [g for g in range(8, fin + 1, 8)
-          if LayerConfig(nbits, g).problem(fin, fout) is None and g <= 1024]
-    return "valid: " + ", ".join(map(str, ok[:8])) + (", ..." if len(ok) > 8 else "") + ", null"
+def fix(cfg: LayerConfig, fin: int, fout: int) -> str:
+    """How to make `cfg` fit an (out, in) matrix: the group sizes that work."""
+    ok = [g for g in range(8, min(fin, 1024) + 1, 8)
+          if LayerConfig(cfg.nbits, g).problem(fin, fout) is None]
+    if LayerConfig(cfg.nbits, None).problem(fin, fout) is None:
+        ok.append("null")
+    if not ok:
+        return (f"no group size lets {cfg.nbits:g}-bit pack this {fout}x{fin} matrix; pick "
+                "other bits or leave the layer out")
+    shown = ", ".join(map(str, ok[:8])) + (", ..." if len(ok) > 8 else "")
+    return f"choose a group_size that divides {fin} (valid: {shown})"
 
 
 def uniform_plan(model: str, cfg: LayerConfig, shapes: Mapping[str, tuple[int, int]],
-                 heads: set[str] = frozenset()) -> Plan:
-    """Every quantizable layer except the head at `cfg` (the usual HQQ baseline)."""
-    return Plan(model, {n: (None if n in heads else cfg) for n in shapes})
+                 keep: Collection[str] = frozenset()) -> Plan:
+    """`cfg` on every quantizable layer except those in `keep` (the usual HQQ baseline).
+    A layer whose shape cannot take `cfg` stays unquantized and is named, with the
+    reason, under the plan's `skipped` key."""
+    layers, skipped = {}, {}
+    for name, (fin, fout) in shapes.items():
+        why = None if name in keep else cfg.problem(fin, fout)
+        layers[name] = None if name in keep or why else cfg
+        if why:
+            skipped[name] = why
+    return Plan(model, layers, extra={"skipped": skipped} if skipped else {})
 
+
+def tie_notes(resolved: Mapping[str, LayerConfig | None], groups: list[list[str]]) -> list[str]:
+    """What a plan does to layers that share one matrix (a tied embedding and head):
+    one sentence per group it unties (the layers then store two tensors)."""
+    notes = []
+    for group in groups:
+        cfgs = {label_of(resolved.get(n)) for n in group}
+        if len(cfgs) > 1:
+            parts = ", ".join(f"{n} {label_of(resolved.get(n))}" for n in group)
+            notes.append(f"untied: {parts} (one shared matrix in the model; stored and counted "
+                         "once per config now)")
+    return notes

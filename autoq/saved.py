@@ -1,11 +1,13 @@
-"""Save a quantized model in HQQ's format and load it back.
+"""Save a quantized model and load it back.
 
-A saved folder holds `qmodel.pt` (HQQ's serialized weights: module name ->
-state dict, as `AutoHQQHFModel.save_quantized` writes, plus the own tensors of
-modules with children, which HQQ's writer skips), `plan.json` (the plan
+A saved folder holds `qmodel.pt` (HQQ's serialized weights: layer name -> state
+dict; a quantized layer's is HQQ's raw HQQLinear state), `plan.json` (the plan
 with its metrics), `autoq.json` (what rebuilds the architecture) and, for LMs,
-`config.json` plus the tokenizer, so `AutoHQQHFModel.from_quantized(folder)`
-also loads it.
+`config.json` plus the tokenizer. Unquantized float tensors are stored in 16 bits
+(fp16, or bf16 when computing in bf16), so the files weigh what `size_mib` says.
+A tied embedding and head are stored once: the second name holds `{"tied_to":
+first}`. An expert parameter with some quantized experts stores its other experts
+one by one (`<module>.<param>.<e>`: {"weight"}).
 """
 
 from __future__ import annotations
@@ -22,32 +24,94 @@ from torch import nn
 from .errors import UserError
 from .io import umask
 from .kinds import KINDS
+from .layers import LAYER_TYPES, units_of
 from .models import LoadedModel
 from .plan import Plan
-from .quantize import meta_16bit, set_module
+from .qmodules import ExpertWeights
+from .quantize import installed, meta_16bit, put
 
 WEIGHTS = "qmodel.pt"
 FORMAT = "autoq.saved/1"
+TIED = "tied_to"
 
 
-def serialize(model: nn.Module) -> dict[str, dict[str, torch.Tensor]]:
-    """HQQ's format: module name -> that module's own tensors (an HQQLinear's raw
-    state dict). Unlike HQQ's `serialize_weights`, modules with children keep their
-    own parameters too (a ViT's cls_token and pos_embed live on the root module)."""
-    from hqq.core.quantize import HQQLinear
+def storage_dtype(dtype: torch.dtype) -> torch.dtype:
+    """How unquantized floats are saved: bf16 when computing in bf16, else fp16."""
+    return torch.bfloat16 if dtype == torch.bfloat16 else torch.float16
 
-    weights = {}
-    for name, module in model.named_modules():
-        if isinstance(module, HQQLinear):
-            module.encoded_state_dict = False
-            weights[name] = dict(module.state_dict())
+
+class _Stored:
+    """Tensors as saved: floats in `dtype`, a view copied (torch.save would write the
+    whole storage it views); one tensor shared by two modules (a tied embedding and
+    head) stays one saved tensor."""
+
+    def __init__(self, dtype: torch.dtype):
+        self.dtype, self.done = dtype, {}
+
+    def __call__(self, t: torch.Tensor) -> torch.Tensor:
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), t.shape, t.dtype)
+        if key not in self.done:
+            out = t.detach()
+            out = out.to(self.dtype) if out.is_floating_point() else out
+            if out.untyped_storage().nbytes() != out.numel() * out.element_size():
+                out = out.clone()
+            self.done[key] = out
+        return self.done[key]
+
+
+def serialize(model: nn.Module, dtype: torch.dtype = torch.float16) -> dict[str, dict]:
+    """Layer name -> its tensors: quantized layers' HQQ states, then every module's own
+    parameters and persistent buffers, then the unquantized experts of partly
+    quantized expert parameters."""
+    weights: dict[str, dict] = {}
+    first: dict[int, str] = {}
+    _stored = _Stored(dtype)
+    for name, layer in installed(model).items():
+        if id(layer) in first:
+            weights[name] = {TIED: first[id(layer)]}
             continue
-        own = {k: v.detach() for k, v in module._parameters.items() if v is not None}
-        own.update({k: v for k, v in module._buffers.items()
+        first[id(layer)] = name
+        layer.encoded_state_dict = False
+        state = dict(layer.state_dict())
+        if isinstance(state.get("bias"), torch.Tensor):
+            state["bias"] = _stored(state["bias"])
+        weights[name] = state
+    for name, module in model.named_modules():
+        if id(module) in first:
+            continue
+        own = {k: _stored(v) for k, v in module._parameters.items() if v is not None}
+        own.update({k: _stored(v) for k, v in module._buffers.items()
                     if v is not None and k not in module._non_persistent_buffers_set})
         if own:
             weights[name] = own
+        for attr, value in module.__dict__.items():
+            if isinstance(value, ExpertWeights):
+                for e, layer in enumerate(value.layers):
+                    if layer is None:
+                        weights[f"{name}.{attr}.{e}"] = {"weight": _stored(value.fp[e])}
     return weights
+
+
+@torch.no_grad()
+def round_to_storage_(model: nn.Module, dtype: torch.dtype) -> None:
+    """Round every unquantized float tensor (and quantized layers' biases) to the saved
+    dtype, in place, so the model in memory computes what the saved one will."""
+    seen: set[int] = set()
+
+    def round_(t: torch.Tensor | None) -> None:
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and id(t) not in seen:
+            seen.add(id(t))
+            t.copy_(t.to(dtype))
+
+    for layer in installed(model).values():
+        round_(layer.bias)
+    for module in model.modules():
+        for t in [*module._parameters.values(), *module._buffers.values()]:
+            round_(t)
+        for value in module.__dict__.values():
+            if isinstance(value, ExpertWeights):
+                for t in value.fp:
+                    round_(t)
 
 
 def save(loaded: LoadedModel, plan: Plan, out: str | Path, overwrite: bool = False,
@@ -61,7 +125,7 @@ def save(loaded: LoadedModel, plan: Plan, out: str | Path, overwrite: bool = Fal
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
     try:
         tmp.chmod(0o777 & ~umask())  # mkdtemp makes 0700
-        torch.save(serialize(loaded.model), tmp / WEIGHTS)
+        torch.save(serialize(loaded.model, storage_dtype(loaded.dtype)), tmp / WEIGHTS)
         loaded.kind.save_extras(loaded, tmp)
         meta = {"format": FORMAT, "model": loaded.spec, "kind": loaded.kind.name,
                 "heads": sorted(loaded.heads), "arch": loaded.kind.arch(loaded)}
@@ -78,9 +142,21 @@ def save(loaded: LoadedModel, plan: Plan, out: str | Path, overwrite: bool = Fal
     return out
 
 
-def load(folder: str | Path, device: torch.device, dtype: torch.dtype) -> LoadedModel:
-    from hqq.core.quantize import HQQLinear
+class _Cast:
+    """Loaded tensors moved to the device and dtype once each (shared ones stay shared)."""
 
+    def __init__(self, device: torch.device, dtype: torch.dtype):
+        self.device, self.dtype, self.done = device, dtype, {}
+
+    def __call__(self, t: torch.Tensor) -> torch.Tensor:
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), t.shape, t.dtype)
+        if key not in self.done:
+            self.done[key] = t.to(device=self.device, dtype=self.dtype) \
+                if t.is_floating_point() else t.to(self.device)
+        return self.done[key]
+
+
+def load(folder: str | Path, device: torch.device, dtype: torch.dtype) -> LoadedModel:
     folder = Path(folder)
     try:
         meta = json.loads((folder / "autoq.json").read_text())
@@ -90,20 +166,30 @@ def load(folder: str | Path, device: torch.device, dtype: torch.dtype) -> Loaded
                         f"({e.__class__.__name__}); give the --out folder of apply.")
     kind = KINDS[meta["kind"]]
     model = kind.skeleton(folder, meta["arch"], dtype)
+    units, cast = units_of(model), _Cast(device, dtype)
+    quantized = {n: s for n, s in weights.items() if "W_q" in s}
+    for name, state in quantized.items():
+        unit = units[name]
+        layer = LAYER_TYPES[unit.type].quantized_class(None, None, compute_dtype=dtype,
+                                                       device=str(device))
+        layer.load_state_dict(dict(state))
+        put(model, unit, meta_16bit(layer))
     for name, state in weights.items():
-        if "W_q" in state:
-            layer = HQQLinear(None, None, compute_dtype=dtype, device=str(device))
-            layer.load_state_dict(dict(state))
-            set_module(model, name, meta_16bit(layer))
+        if name in quantized:
             continue
-        module = model.get_submodule(name)
-        for key, value in state.items():
-            value = value.to(device=device, dtype=dtype) if value.is_floating_point() \
-                else value.to(device)
-            if key in module._buffers:
-                module._buffers[key] = value
-            else:
-                setattr(module, key, nn.Parameter(value, requires_grad=False))
+        if TIED in state:
+            put(model, units[name], installed(model)[state[TIED]])
+        elif name in units and units[name].type == "expert":
+            unit = units[name]
+            experts = model.get_submodule(unit.module).__dict__[unit.param]
+            experts.fp[unit.index] = cast(state["weight"])
+        else:
+            module = model.get_submodule(name)
+            for key, value in state.items():
+                if key in module._buffers:
+                    module._buffers[key] = cast(value)
+                else:
+                    setattr(module, key, nn.Parameter(cast(value), requires_grad=False))
     model.to(device).eval().requires_grad_(False)
     return LoadedModel(meta["model"], kind, model, device, dtype, set(meta["heads"]),
                        arch=meta["arch"], **kind.extras(folder, model))

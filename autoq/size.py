@@ -1,7 +1,13 @@
 """Exact model size: the bytes of every tensor the quantized model keeps.
 
-Quantized layers count their packed weight, scale and zero (and bias); every
-other parameter and buffer counts as stored; tied weights count once.
+Quantized layers (linears, Conv1D, embedding tables, experts) count their packed
+weight and their 16-bit scale and zero; every other tensor counts once (a tied
+embedding and head share one). Two sizes, clearly apart:
+
+- `size_mib`: unquantized float tensors counted in 16 bits (fp16/bf16), what the
+  model weighs served on a GPU and what `autoq apply` saves, whatever dtype this run
+  computes in;
+- `memory_mib`: as held in memory by this run (fp32 on a CPU computing in fp32).
 """
 
 from __future__ import annotations
@@ -12,70 +18,98 @@ import torch
 from torch import nn
 
 MIB = 2**20
+STORED_FLOAT_BYTES = 2     # unquantized float tensors are stored in 16 bits
 
 
 @dataclass(frozen=True)
 class Size:
-    size_mib: float            # whole model
-    bits_per_weight: float     # over the quantized layers: weight + scale + zero
-    model_bits_per_weight: float  # whole model bytes * 8 / all weights
-    quantized_params: int      # weights in quantized layers
-    total_params: int          # all weights (quantized layers' weights + other parameters)
+    size_mib: float               # whole model, unquantized floats at 16 bits
+    bits_per_weight: float        # over the quantized layers: weight + scale + zero
+    model_bits_per_weight: float  # whole model (16-bit storage) * 8 / all weights
+    quantized_params: int         # weights in quantized layers
+    total_params: int             # all weights
     size_bytes: int
+    memory_mib: float             # as held in memory now
 
     def to_json(self) -> dict:
         return asdict(self)
 
 
-def _hqq_tensors(layer) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """(weight-side tensors: W_q, scale, zero), (bias)."""
+def stored_bytes(t: torch.Tensor) -> int:
+    """A tensor's bytes as autoq stores it: floats wider than 16 bits count 16."""
+    per = min(t.element_size(), STORED_FLOAT_BYTES) if t.is_floating_point() else \
+        t.element_size()
+    return t.numel() * per
+
+
+def _hqq_tensors(layer) -> list[torch.Tensor]:
     meta = layer.meta
-    core = [layer.W_q] + [meta[k] for k in ("scale", "zero", "zero_scale", "scale_q", "zero_q")
+    return [layer.W_q] + [meta[k] for k in ("scale", "zero", "zero_scale", "scale_q", "zero_q")
                           if isinstance(meta.get(k), torch.Tensor)]
-    extra = [layer.bias] if isinstance(layer.bias, torch.Tensor) else []
-    return core, extra
+
+
+class _Counter:
+    """Counts each distinct tensor once (by storage, offset, shape and dtype)."""
+
+    def __init__(self):
+        self.seen: set[tuple] = set()
+        self.stored = self.memory = 0
+
+    def add(self, t: torch.Tensor | None) -> int:
+        if not isinstance(t, torch.Tensor) or t.device.type == "meta":
+            return 0
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), t.shape, t.dtype, t.device)
+        if key in self.seen:
+            return 0
+        self.seen.add(key)
+        self.memory += t.numel() * t.element_size()
+        self.stored += stored_bytes(t)
+        return stored_bytes(t)
 
 
 def measure(model: nn.Module) -> Size:
-    from hqq.core.quantize import HQQLinear
+    from .layers import units_of
+    from .quantize import installed
 
-    seen: set[tuple] = set()
-
-    def nbytes(t: torch.Tensor) -> int:
-        key = (t.untyped_storage().data_ptr(), t.storage_offset(), t.shape, t.dtype, t.device)
-        if key in seen:
-            return 0
-        seen.add(key)
-        return t.numel() * t.element_size()
-
-    total = qbytes = qparams = fparams = 0
+    units, layers = units_of(model), installed(model)
+    count = _Counter()
+    qbytes = qparams = 0
+    seen_layers: set[int] = set()
+    for name, layer in layers.items():
+        if id(layer) in seen_layers:
+            continue  # a tied embedding and head: one tensor
+        seen_layers.add(id(layer))
+        qbytes += sum(count.add(t) for t in _hqq_tensors(layer))
+        count.add(layer.bias)
+        qparams += units[name].weights
+    fparams = 0
+    served = {id(m) for s in model.modules() if getattr(s, "served", False) for m in s.modules()}
     for module in model.modules():
-        if isinstance(module, HQQLinear):
-            core, extra = _hqq_tensors(module)
-            b = sum(nbytes(t) for t in core)
-            qbytes += b
-            total += b + sum(nbytes(t) for t in extra)
-            qparams += module.in_features * module.out_features
+        if id(module) in seen_layers or id(module) in served:
             continue
         for p in module.parameters(recurse=False):
-            n = nbytes(p)
-            total += n
-            fparams += p.numel() if n else 0
-        for b in module.buffers(recurse=False):
-            total += nbytes(b)
+            fparams += p.numel() if count.add(p) else 0
+        for bname, b in module.named_buffers(recurse=False):
+            if bname not in module._non_persistent_buffers_set:
+                count.add(b)
+    for fp in _fp_experts(model):
+        fparams += fp.numel() if count.add(fp) else 0
     allp = qparams + fparams
-    return Size(size_mib=total / MIB,
-                bits_per_weight=(qbytes * 8 / qparams) if qparams else _fp_bits(model),
-                model_bits_per_weight=total * 8 / max(allp, 1),
-                quantized_params=qparams, total_params=allp, size_bytes=total)
+    bits = (qbytes * 8 / qparams) if qparams else 8.0 * STORED_FLOAT_BYTES
+    return Size(size_mib=count.stored / MIB, bits_per_weight=bits,
+                model_bits_per_weight=count.stored * 8 / max(allp, 1),
+                quantized_params=qparams, total_params=allp, size_bytes=count.stored,
+                memory_mib=count.memory / MIB)
 
 
-def _fp_bits(model: nn.Module) -> float:
-    """Nothing quantized: the bits of the linear weights as stored."""
-    for m in model.modules():
-        if isinstance(m, nn.Linear):
-            return m.weight.element_size() * 8.0
-    return 0.0
+def _fp_experts(model: nn.Module):
+    """The unquantized experts of partly quantized expert parameters."""
+    from .qmodules import ExpertWeights
+
+    for module in model.modules():
+        for value in module.__dict__.values():
+            if isinstance(value, ExpertWeights):
+                yield from (value.fp[e] for e, layer in enumerate(value.layers) if layer is None)
 
 
 def saved_tensor_bytes(obj) -> int:

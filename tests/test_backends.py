@@ -16,7 +16,8 @@ from torch import nn
 from typer.testing import CliRunner
 
 from autoq import backends
-from autoq.backends import (BACKENDS, gemlite_problem, layer_config, prepare_,
+from autoq.quantize import layer_config
+from autoq.backends import (BACKENDS, gemlite_problem, prepare_,
                             require_backend, served_by, servable)
 from autoq.cli import app
 from autoq.errors import UserError
@@ -150,7 +151,8 @@ def test_prepare_converts_servable_layers_and_lists_the_rest(fake_gemlite):
     assert info["backend"] == "gemlite" and info["gemlite_layers"] == 1
     assert set(info["fallback"]) == {"b", "c"}
     assert "1/2/4/8-bit" in info["fallback"]["b"] and "in_features % 32" in info["fallback"]["c"]
-    assert isinstance(model.a, Served)
+    assert isinstance(model.a, backends.Served) and isinstance(model.a.kernel, Served)
+    assert model.a.weight.shape == (64, 64)  # model code reading .weight still can
     assert isinstance(model.b, HQQLinear) and isinstance(model.c, HQQLinear)
     assert isinstance(model.d, nn.Linear)  # unquantized layers are not the backend's business
     with torch.no_grad():

@@ -94,10 +94,9 @@ def test_eval_unquantized_lm(lm, tiny_llama_dir, tiny_text_file):
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
-    nbytes = sum(p.numel() * 4 for p in model.parameters()) + \
-        sum(b.numel() * b.element_size() for b in model.buffers())
-    assert r["size_mib"] == nbytes / 2**20
-    assert r["bits_per_weight"] == 32.0 and r["quantized_layers"] == 0
+    nbytes = sum(p.numel() * 2 for p in model.parameters())  # 16-bit storage, tied once
+    assert r["size_mib"] == nbytes / 2**20 and r["memory_mib"] == 2 * r["size_mib"]
+    assert r["bits_per_weight"] == 16.0 and r["quantized_layers"] == 0
     assert r["tokens_per_s"] > 0 and r["task"] == "wikitext2" and r["config"] == "unquantized"
     assert f"{LIMIT} windows x {SEQ} tokens" in r["protocol"]
 
@@ -108,7 +107,8 @@ def test_eval_uniform_equals_plan(lm, tiny_text_file, tmp_path):
     from autoq.models import load_model
 
     shapes = load_model(lm).shapes()
-    layers = {n: (None if n == "lm_head" else {"nbits": 4, "group_size": 32}) for n in shapes}
+    layers = {n: (None if n in ("lm_head", "model.embed_tokens") else
+                  {"nbits": 4, "group_size": 32}) for n in shapes}
     plan = write_plan(tmp_path / "plan.json", lm, layers)
     planned = run_json("eval", "--plan", plan, "--data", tiny_text_file, "--seq-len", SEQ,
                        "--limit", LIMIT)  # the model comes from the plan
@@ -143,7 +143,8 @@ def test_apply_lm_saves_reloads_and_evaluates(lm, tiny_text_file, tmp_path):
     out = tmp_path / "out"
     r = run_json("apply", plan, "--out", out, "--eval", "--data", tiny_text_file,
                  "--seq-len", SEQ, "--limit", LIMIT)
-    assert r["ppl"] == pytest.approx(evaluated["ppl"], rel=1e-9)
+    # the saved model stores its unquantized tensors in 16 bits: scored as saved
+    assert r["ppl"] == pytest.approx(evaluated["ppl"], rel=1e-3)
     assert r["size_mib"] == evaluated["size_mib"] == r["reload_size_mib"]
     assert abs(r["saved_tensor_mib"] - r["size_mib"]) <= 0.01 * r["size_mib"]
     assert r["reload_max_abs_diff"] <= 1e-4 and r["layers_quantized"] == 13

@@ -93,11 +93,16 @@ def test_for_model_measures_each_pair_once_and_caches(tiny_llama_dir, tmp_path, 
     shapes = loaded.shapes()
     opts = [LayerConfig(4, 32), LayerConfig(8, 128)]  # 8:128 fits only the 128-in layers
     quantize_(loaded.model, {n: opts[0] for n in shapes}, device=CPU, dtype=torch.float32)
-    measured = []
-    real = latency.bench_layer
+    measured, lookups = [], []
+    real, real_lookup = latency.bench_layer, latency.bench_lookup
     monkeypatch.setattr(latency, "bench_layer",
                         lambda *a, **k: measured.append(a[:4]) or real(*a, **k))
+    monkeypatch.setattr(latency, "bench_lookup",
+                        lambda *a, **k: lookups.append(a[:3]) or real_lookup(*a, **k))
     lat = LatencyModel.for_model(loaded, opts, "hqq", tmp_path, speed_kwargs=FAST)
+    # the embedding is priced as a lookup (fp and each option that fits), not a matmul
+    assert sorted(lookups, key=str) == sorted([(64, 128, None), (64, 128, opts[0])], key=str)
+    shapes = {n: s for n, s in shapes.items() if n != "model.embed_tokens"}
     distinct = set(shapes.values())
     want = {(fi, fo, c, s) for fi, fo in distinct for c, s in ((None, "fp"), (opts[0], "hqq"))}
     want |= {(fi, fo, opts[1], "hqq") for fi, fo in distinct if fi % 128 == 0}
@@ -106,9 +111,9 @@ def test_for_model_measures_each_pair_once_and_caches(tiny_llama_dir, tmp_path, 
     assert not any(isinstance(m, nn.Linear) for n, m in loaded.model.named_modules()
                    if n in shapes)
     assert lat.info["fp_seconds"] > 0
-    q = {n: opts[0] for n in shapes}   # a plan costs the fp time plus its layers' differences
+    q = {n: opts[0] for n in loaded.shapes()}  # the fp time plus its layers' differences
     assert lat.predict(q) - lat.predict({}) == pytest.approx(
-        sum(lat.layer_time(n, opts[0]) - lat.layer_time(n, None) for n in shapes))
+        sum(lat.layer_time(n, opts[0]) - lat.layer_time(n, None) for n in loaded.shapes()))
     assert lat.predict({}) == pytest.approx(max(lat.info["fp_seconds"], lat.info[
         "fp_linear_seconds"]))
     assert lat.tokens_per_s({n: opts[0] for n in shapes}) > 0
@@ -119,6 +124,7 @@ def test_for_model_measures_each_pair_once_and_caches(tiny_llama_dir, tmp_path, 
 
     # a second model of the same device reads everything from the file
     monkeypatch.setattr(latency, "bench_layer", lambda *a, **k: pytest.fail("re-measured"))
+    monkeypatch.setattr(latency, "bench_lookup", lambda *a, **k: pytest.fail("re-measured"))
     monkeypatch.setattr(type(loaded.kind), "seconds", lambda *a, **k: pytest.fail("re-measured"))
     again = LatencyModel.for_model(loaded, opts, "hqq", tmp_path, speed_kwargs=FAST)
     assert again.layer_seconds == lat.layer_seconds and again.rest_seconds == lat.rest_seconds
@@ -126,10 +132,11 @@ def test_for_model_measures_each_pair_once_and_caches(tiny_llama_dir, tmp_path, 
     # a broken cache file is measured again, never trusted
     files[0].write_text("{not json")
     monkeypatch.setattr(latency, "bench_layer", lambda *a, **k: 1e-4)
+    monkeypatch.setattr(latency, "bench_lookup", lambda *a, **k: 1e-5)
     monkeypatch.setattr(type(loaded.kind), "seconds", lambda *a, **k: 1.0)
     fresh = LatencyModel.for_model(loaded, opts, "hqq", tmp_path, speed_kwargs=FAST)
-    assert set(fresh.layer_seconds.values()) == {1e-4}
-    assert fresh.rest_seconds == pytest.approx(1.0 - 1e-4 * len(shapes))
+    assert set(fresh.layer_seconds.values()) == {1e-4, 1e-5}
+    assert fresh.rest_seconds == pytest.approx(1.0 - 1e-4 * len(shapes) - 1e-5)
 
 
 def test_for_model_vit_uses_image_tokens(tiny_vit_checkpoint, monkeypatch):

@@ -55,7 +55,7 @@ BAD_PLANS = {
 # valid JSON, but wrong for the model's layers (found by resolve)
 BAD_FOR_MODEL = {
     "unknown layer": (plan_obj({"blocks.9.attn.qkv": {"nbits": 4, "group_size": 64}}),
-                      ["layers['blocks.9.attn.qkv']", "not a linear layer", "'blocks.0.attn.qkv'"]),
+                      ["layers['blocks.9.attn.qkv']", "not a quantizable layer", "'blocks.0.attn.qkv'"]),
     "group does not divide": (plan_obj({"blocks.0.mlp.fc2": {"nbits": 4, "group_size": 48}}),
                               ["layers['blocks.0.mlp.fc2']", "group_size=48",
                                "does not divide in_features=256", "valid: "]),
@@ -103,7 +103,10 @@ def test_packing_constraint_matches_hqq():
     (which it rejects) is what HQQ's packing cannot do."""
     import torch
 
-    from autoq.quantize import quantize_linear
+    from autoq.quantize import quantize_matrix
+
+    def quantize_linear(lin, cfg, device, dtype):
+        return quantize_matrix(lin.weight.data, None, cfg, device, dtype)
 
     lin = torch.nn.Linear(64, 100, bias=False)
     for nbits, ok in ((1, False), (2, True), (4, True), (8, True), (3, True), (1.58, True)):

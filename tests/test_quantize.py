@@ -11,7 +11,8 @@ from torch import nn
 
 from autoq.models import load_model
 from autoq.plan import LayerConfig
-from autoq.quantize import LayerCache, linear_shapes, quantize_
+from autoq.quantize import LayerCache, quantize_
+from autoq.quantize import shapes as linear_shapes
 
 CPU = torch.device("cpu")
 F32 = torch.float32
@@ -114,7 +115,10 @@ def test_reapply_and_restore(llama, tiny_llama_dir):
     for name, module in model.named_modules():
         if name in linears:
             assert module is linears[name]
-    assert linear_shapes(model) == {n: (m.in_features, m.out_features) for n, m in linears.items()}
+    embeddings = {n: (m.embedding_dim, m.num_embeddings) for n, m in model.named_modules()
+                  if isinstance(m, nn.Embedding)}
+    assert linear_shapes(model) == {**{n: (m.in_features, m.out_features)
+                                       for n, m in linears.items()}, **embeddings}
 
 
 def test_cache_quantizes_each_pair_once(llama):

@@ -114,7 +114,7 @@ def test_space_errors_are_one_sentence(obj, words):
 def test_space_that_matches_nothing_is_an_error():
     space = parse_space({"format": "autoq.space/1", "options": ["4:32"],
                          "groups": [{"name": "g", "match": "nothing"}]}, "s.yaml")
-    with pytest.raises(UserError, match="no group matches"):
+    with pytest.raises(UserError, match="no group of this space selects"):
         space.bind(SHAPES)
 
 

@@ -1,5 +1,6 @@
-"""Exact size: nbits + 32/group_size bits per quantized weight, every other tensor as
-stored, tied weights once; equal to the tensor bytes of the saved model within 1%."""
+"""Exact size: nbits + 32/group_size bits per quantized weight, every other float
+tensor at 16 bits (`size_mib`; `memory_mib` as held), tied weights once; equal to the
+tensor bytes of the saved model within 1%."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from autoq import saved
 from autoq.models import load_model
 from autoq.plan import LayerConfig, Plan
 from autoq.search.prior import layer_bits
-from autoq.quantize import linear_shapes, quantize_
+from autoq.quantize import quantize_
+from autoq.quantize import shapes as linear_shapes
 from autoq.size import measure, saved_tensor_bytes
 
 CPU = torch.device("cpu")
@@ -35,8 +37,9 @@ def test_measured_bits_equal_formula(nbits, group, fin, fout, expected):
     size = measure(model)
     assert size.bits_per_weight == expected
     assert size.quantized_params == fin * fout
-    ln_bytes = 2 * fout * 4
+    ln_bytes = 2 * fout * 2           # LayerNorm weight and bias, stored in 16 bits
     assert size.size_bytes == fin * fout * expected / 8 + ln_bytes
+    assert size.memory_mib * 2**20 == fin * fout * expected / 8 + 2 * ln_bytes  # fp32 held
     assert size.total_params == fin * fout + 2 * fout
     assert layer_bits((fin, fout), LayerConfig(nbits, group), 32.0) == fin * fout * expected
 
@@ -46,7 +49,7 @@ def test_bias_counted_as_stored():
     quantize_(model, {"0": LayerConfig(4, 64)}, device=CPU, dtype=torch.float32)
     size = measure(model)
     assert size.bits_per_weight == 4.5  # the bias is not a quantized weight
-    assert size.size_bytes == 64 * 32 * 4.5 / 8 + 32 * 4
+    assert size.size_bytes == 64 * 32 * 4.5 / 8 + 32 * 2   # bias at 16 bits
 
 
 def test_unquantized_size_is_sum_of_tensors_tied_once(tiny_llama_dir):
@@ -58,10 +61,13 @@ def test_unquantized_size_is_sum_of_tensors_tied_once(tiny_llama_dir):
     with_duplicates = sum(p.numel() * p.element_size()
                           for _, p in model.named_parameters(remove_duplicate=False))
     assert with_duplicates == unique + model.lm_head.weight.numel() * 4  # really tied
+    persistent = sum(b.numel() * b.element_size() for n, b in model.named_buffers()
+                     if n.rpartition(".")[2] not in
+                     model.get_submodule(n.rpartition(".")[0])._non_persistent_buffers_set)
     size = measure(model)
-    assert size.size_bytes == unique + buffers
-    assert size.size_mib == (unique + buffers) / 2**20
-    assert size.bits_per_weight == 32.0
+    assert size.size_bytes == (unique + persistent) // 2     # fp32 held, 16 bits stored
+    assert size.memory_mib == (unique + persistent) / 2**20
+    assert size.bits_per_weight == 16.0
     assert size.total_params == sum(p.numel() for p in model.parameters())
 
 
@@ -70,16 +76,16 @@ def test_quantized_size_counts_tied_embedding_once(tiny_llama_dir):
     model = loaded.model
     emb = model.model.embed_tokens.weight
     shapes = linear_shapes(model)
-    resolved = {n: (None if n == "lm_head" else LayerConfig(4, 32)) for n in shapes}
+    resolved = {n: (None if n in ("lm_head", "model.embed_tokens") else LayerConfig(4, 32))
+                for n in shapes}
     quantize_(model, resolved, device=CPU, dtype=torch.float32)
-    others = sum(p.numel() * 4 for n, p in model.named_parameters()  # dedups the tied head
+    others = sum(p.numel() * 2 for n, p in model.named_parameters()  # dedups the tied head
                  if not n.endswith(".W_q"))  # (HQQ keeps W_q as a parameter)
-    buffers = sum(b.numel() * b.element_size() for b in model.buffers())
     quantized = sum(layer_bits(shapes[n], c, 32.0) for n, c in resolved.items() if c) / 8
     size = measure(model)
     assert size.bits_per_weight == 5.0
-    assert size.size_bytes == quantized + others + buffers
-    assert model.lm_head.weight is emb and others >= emb.numel() * 4
+    assert size.size_bytes == quantized + others
+    assert model.lm_head.weight is emb and others >= emb.numel() * 2
 
 
 @pytest.mark.parametrize("kind", ["lm", "vit"])
@@ -93,7 +99,7 @@ def test_size_equals_saved_tensor_bytes(tmp_path, tiny_llama_dir, tiny_vit_check
         spec, path = tiny_vit_checkpoint
         loaded = load_model(f"timm:{spec}", checkpoint=str(path))
         plan = Plan(loaded.spec, {"head": LayerConfig(8, 64)}, default=LayerConfig(2, 16))
-    quantize_(loaded.model, plan.resolve(loaded.shapes(), loaded.heads), device=CPU,
+    quantize_(loaded.model, plan.resolve(loaded.shapes(), loaded.keep()), device=CPU,
               dtype=torch.float32)
     size = measure(loaded.model)
     out = saved.save(loaded, plan, tmp_path / "q")

@@ -28,10 +28,28 @@ class LoadedModel:
     transform: Callable | None = None  # ViTs: the model's own eval transform
     arch: dict = field(default_factory=dict)       # what rebuilds the skeleton on reload
 
+    def units(self) -> dict:
+        """Layer name -> autoq.layers.Unit: every quantizable matrix of the model."""
+        from ..layers import units_of
+        return units_of(self.model)
+
     def shapes(self) -> dict[str, tuple[int, int]]:
-        """Full module name -> (in_features, out_features) of every linear layer."""
-        from ..quantize import linear_shapes
-        return linear_shapes(self.model)
+        """Layer name -> (in_features, out_features) of every quantizable matrix."""
+        return {n: u.shape for n, u in self.units().items()}
+
+    @property
+    def structure(self):
+        """Blocks and roles of the quantizable layers (autoq.structure), found once."""
+        if getattr(self, "_structure", None) is None:
+            from ..structure import analyse
+            self._structure = analyse(self.model, self.units(), self.heads)
+        return self._structure
+
+    def keep(self) -> dict[str, str]:
+        """Layers a plan's `default` and `--uniform` leave alone, and why: the head, the
+        embeddings and routers (list them in a plan, or --whole-model, to quantize them)."""
+        from ..coverage import kept_by_default
+        return kept_by_default(self.structure.roles)
 
 
 @dataclass(frozen=True)

@@ -75,6 +75,12 @@ class Study:
                       number(self.meta.get("max_size_mib")))
 
     @property
+    def blocks(self) -> list[str] | None:
+        """The model's block prefixes, as the search found them (None: older studies)."""
+        blocks = (self.meta.get("structure") or {}).get("blocks")
+        return blocks if isinstance(blocks, list) else None
+
+    @property
     def speed_key(self) -> str:
         return self.meta.get("speed_key", "tokens_per_s")
 

@@ -92,7 +92,7 @@ def pareto(panel: Panel) -> go.Figure:
 
 
 def bits(study: Study, kind: str, t: Trial) -> go.Figure:
-    hm = heatmap(t.layers)
+    hm = heatmap(t.layers, study.blocks)
     levels = sorted({b for row in hm.bits for b in row if b is not None})
     n = len(levels)
     scale = []

@@ -110,7 +110,7 @@ def _heat_axes(ax, hm: Heatmap, title: str, last: bool) -> set[float]:
 
 def bits(study: Study, configs: list[tuple[str, object]]) -> bytes:
     """One bit-allocation heatmap per chosen config, stacked, one shared legend."""
-    maps = [(heatmap(t.layers), caption(study, kind, t)) for kind, t in configs]
+    maps = [(heatmap(t.layers, study.blocks), caption(study, kind, t)) for kind, t in configs]
     heights = [0.28 * len(hm.roles) + 1.0 for hm, _ in maps]
     width = max(8.0, 0.34 * max(len(hm.blocks) for hm, _ in maps) + 2.5)
     fig = Figure(figsize=(width, sum(heights) + 1.3), layout="constrained")

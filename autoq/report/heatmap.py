@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from ..plan import FP, LayerConfig, label_of
-from ..structure import split_block
+from ..structure import from_names
 
 FP_BITS = 16.0          # what a layer kept in full precision shows as in the heatmap
 HEAD_ROLES = ("lm_head", "head", "head_dist")
+EMBEDDINGS = ("embed_tokens", "wte", "wpe", "embed_in", "word_embeddings", "embed_positions")
 ROLE_ORDER = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
               "qkv", "proj", "fc1", "fc2")
 
@@ -30,23 +31,28 @@ def _config(value) -> LayerConfig | None:
     return LayerConfig.from_json(value) if isinstance(value, Mapping) else value
 
 
-def heatmap(layers: Mapping[str, Any]) -> Heatmap:
-    """Bits per (role, block) from a plan's layers (module name -> config or None).
+def heatmap(layers: Mapping[str, Any], blocks: Sequence[str] | None = None) -> Heatmap:
+    """Bits per (layer, block) from a plan's layers (layer name -> config or None).
 
-    The block is the first numeric part of the module name (model.layers.N.…,
-    blocks.N.…); the role is the last part (q_proj, fc1, …). Layers outside the
-    blocks (the head) get a column of their own."""
+    The block comes from the model's block prefixes (`blocks`, as study.json stores
+    them), else from the first numeric part of the name (model.layers.N.…); the row is
+    the layer's last name part (q_proj, fc1, …). Layers outside the blocks (the
+    embedding, the head) get a column of their own."""
+    s = from_names(layers, blocks)
     cells: dict[tuple[str, str], str] = {}
     for name in layers:
-        index, rest = split_block(name)
-        cells[("" if index is None else str(index), rest)] = name
+        index = s.block_of(name)
+        label = "" if index is None else str(index) if blocks else \
+            s.blocks[index].rpartition(".")[2]   # by name: the number in it
+        cells[(label, s.inside(name))] = name
     rests_by_role = Counter((b, r.rsplit(".", 1)[-1]) for b, r in cells)
     unique = all(n == 1 for n in rests_by_role.values())  # last part names the role
     placed = {(b, r.rsplit(".", 1)[-1] if unique else r): name for (b, r), name in cells.items()}
     numbers = sorted({int(b) for b, _ in placed if b})
     outside = sorted({r for b, r in placed if not b})
     extra = "head" if outside and all(r.rsplit(".", 1)[-1] in HEAD_ROLES for r in outside) \
-        else "other"
+        else "embed/head" if outside and all(r.rsplit(".", 1)[-1] in HEAD_ROLES + EMBEDDINGS
+                                             for r in outside) else "other"
     blocks = [str(n) for n in numbers] + ([extra] if outside else [])
     inner = {r for b, r in placed if b}
     roles = sorted(inner, key=lambda r: (ROLE_ORDER.index(r) if r in ROLE_ORDER else

@@ -20,7 +20,6 @@ from optuna.trial import TrialState
 
 from .. import study as contract
 from ..io import write_json
-from ..errors import UserError
 from ..plan import FP, LayerConfig, uniform_plan
 from .session import Session
 
@@ -28,14 +27,14 @@ from .session import Session
 
 def reference_plan(ev, label: str) -> dict[str, LayerConfig | None] | None:
     """A reference point as a resolved plan: fp, or NBITS:GROUP on every layer but the
-    head; None when the model's shapes cannot take that config."""
+    head, the embeddings and routers (a layer that cannot take it stays fp); None when
+    no layer can take that config."""
     if label == FP:
         return {n: None for n in ev.shapes}
-    plan = uniform_plan(ev.settings.model, LayerConfig.parse(label), ev.shapes, ev.loaded.heads)
-    try:
-        return ev.resolve(plan, f"uniform {label}")
-    except UserError:
+    plan = uniform_plan(ev.settings.model, LayerConfig.parse(label), ev.shapes, ev.loaded.keep())
+    if all(c is None for c in plan.layers.values()):
         return None
+    return ev.resolve(plan, f"uniform {label}")
 
 
 def measure(ev, label: str, say) -> dict | None:
@@ -43,7 +42,7 @@ def measure(ev, label: str, say) -> dict | None:
     None (said) when the model's shapes cannot take that config."""
     resolved = reference_plan(ev, label)
     if resolved is None:
-        say(f"baseline {label}: skipped, a layer's shape cannot take {label}")
+        say(f"baseline {label}: skipped, no layer's shape can take {label}")
         return None
     say(f"baseline {label}: evaluating")
     metrics = {**ev.run(resolved, speed=True), "speed_source": "measured"}

@@ -15,13 +15,13 @@ import time
 from typing import Callable
 
 import optuna
-import torch
 from optuna.trial import TrialState
 
 from .. import study as contract
 from ..errors import UserError
 from ..io import write_json
 from ..plan import FP
+from ..size import STORED_FLOAT_BYTES
 from . import prior as priors
 from . import storage as store
 from .finalize import Outcome, best_trial, finalize, write_trials
@@ -63,7 +63,7 @@ def prepare(session: Session) -> TrialRunner:
     layer_options = {n: c.options for c in session.choices for n in c.layers}
     sens = measure_or_load(session.ev, layer_options, session.out / "sensitivity")
     write_json(session.dir / contract.SENSITIVITY_FILE, sens)
-    fp_bits = float(torch.finfo(session.ev.dtype).bits)
+    fp_bits = 8.0 * STORED_FLOAT_BYTES  # an unquantized layer as sizes count it
     prior = priors.build(session.choices, session.ev.shapes, sens, baselines, session.target,
                          fp_bits)
     n = priors.count(session.s.trials, session.s.prior_trials)

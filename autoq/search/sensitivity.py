@@ -23,40 +23,45 @@ import torch
 from ..io import write_json
 from ..plan import LayerConfig, label_of
 from ..progress import track
-from ..quantize import ORIGINALS, unquantized
+from ..layers import matrix_of, param_of, view_of
+from ..quantize import unquantized
 
 METHOD = "fisher-diag/1"
 
 
 def fisher_diagonal(ev, samples: int = 8) -> dict[str, torch.Tensor]:
-    """Mean squared gradient of the task loss w.r.t. every linear weight, on the
-    unquantized model (the plan applied before is applied again afterwards)."""
-    model = ev.loaded.model
+    """Mean squared gradient of the task loss w.r.t. every quantizable matrix, on the
+    unquantized model (the plan applied before is applied again afterwards). A tied
+    embedding and head share one parameter: its gradient sums both uses."""
+    model, units = ev.loaded.model, ev.loaded.units()
     with unquantized(model, device=ev.device, dtype=ev.dtype):
-        linears = {n: model.get_submodule(n) for n in ev.shapes}
-        fisher = {n: torch.zeros_like(m.weight, dtype=torch.float32) for n, m in linears.items()}
+        params = {id(p): p for p in (param_of(model, u) for u in units.values())}
+        fisher = {k: torch.zeros_like(p, dtype=torch.float32) for k, p in params.items()}
         batches = ev.task.calibration(ev.dataset, samples)
-        for m in linears.values():
-            m.weight.requires_grad_(True)
+        for p in params.values():
+            p.requires_grad_(True)
         try:
             for batch in track(batches, "sensitivity: gradients", total=len(batches)):
                 model.zero_grad(set_to_none=True)
+                for p in params.values():
+                    p.grad = None
                 with torch.enable_grad():
                     ev.task.loss(ev.loaded, batch).backward()
-                for n, m in linears.items():
-                    fisher[n] += m.weight.grad.float() ** 2 / len(batches)
+                for k, p in params.items():
+                    if p.grad is not None:
+                        fisher[k] += p.grad.float() ** 2 / len(batches)
         finally:
-            for m in linears.values():
-                m.weight.requires_grad_(False)
-                m.weight.grad = None
-    return fisher
+            for p in params.values():
+                p.requires_grad_(False)
+                p.grad = None
+    return {n: view_of(model, u, fisher[id(param_of(model, u))]) for n, u in units.items()}
 
 
 @torch.inference_mode()
 def layer_sensitivities(ev, layer_options: Mapping[str, Iterable[LayerConfig | None]],
                         fisher: Mapping[str, torch.Tensor]) -> dict[str, dict[str, float]]:
-    """{layer: {option label: 1/2 sum(F * dW^2)}}; `keep` costs 0."""
-    originals = getattr(ev.loaded.model, ORIGINALS)
+    """{layer: {option label: 1/2 sum(F * dW^2)}}; `fp` costs 0."""
+    model, units = ev.loaded.model, ev.loaded.units()
     out: dict[str, dict[str, float]] = {}
     pairs = [(n, o) for n, opts in layer_options.items() for o in opts]
     for name, cfg in track(pairs, "sensitivity: quantize layers", total=len(pairs)):
@@ -64,9 +69,9 @@ def layer_sensitivities(ev, layer_options: Mapping[str, Iterable[LayerConfig | N
         if cfg is None:
             row[label_of(cfg)] = 0.0
             continue
-        base = originals[name]
-        q = ev.cache.get(name, base, cfg, ev.device, ev.dtype)
-        dw = base.weight.float() - q.dequantize().float().reshape(base.weight.shape)
+        w = matrix_of(model, units[name]).float()
+        q = ev.cache.get(model, units[name], cfg, ev.device, ev.dtype)
+        dw = w - q.dequantize().float().reshape(w.shape)
         row[label_of(cfg)] = 0.5 * float((fisher[name].to(dw.device) * dw * dw).sum())
     return out
 

@@ -17,6 +17,7 @@ import optuna
 
 from .. import study as contract
 from ..errors import UserError
+from ..layers import tied_groups
 from ..evaluate import EvalSettings, Evaluator
 from ..io import write_json
 from ..plan import LayerConfig, Plan
@@ -103,7 +104,24 @@ def info(s: SearchSettings, ev: Evaluator, space: Space, name: str, url: str) ->
             "higher_is_better": ev.task.higher_is_better, "target": s.target,
             "max_size_mib": s.max_size_mib, "protocol": ev.protocol,
             "speed_key": ev.loaded.kind.speed_key, "space": space.source,
+            "structure": ev.loaded.structure.to_json(), "heads": sorted(ev.loaded.heads),
             "settings": asdict(s.eval)}
+
+
+def searched_coverage(ev: Evaluator, space: Space, choices: list[Choice]) -> str:
+    """One line: how much of the model the space searches, and what it leaves out."""
+    searched = {n for c in choices for n in c.layers}
+    reasons = {**space.unsearched(ev.shapes, ev.loaded.structure),
+               **{n: why for n, why in ev.loaded.keep().items() if n not in searched}}
+    resolved = {n: (LayerConfig(8, None) if n in searched else None) for n in ev.shapes}
+    cov = ev.coverage(resolved, reasons)
+    line = (f"the space {space.source} searches {len(searched)} of {cov['weight_bearing_layers']}"
+            f" weight-bearing layers ({cov['quantized_weight_share']:.1%} of the weights) in "
+            f"{len(choices)} choices")
+    kept = "; ".join(f"{why} {v['share']:.1%}" for why, v in cov["kept"].items())
+    warn = " (more than 5% of the weights are not searched)" \
+        if cov["quantized_weight_share"] < 0.95 else ""
+    return line + (f"; kept in full precision: {kept}" if kept else "") + warn
 
 
 def _allowed(ev: Evaluator, all_options: bool):
@@ -128,7 +146,10 @@ def open_session(s: SearchSettings, say: Callable[[str], None] = lambda m: None)
         flag = "--target-ppl" if ev.task.metric == "ppl" else "--target-acc"
         raise UserError(f"task {ev.task.name} measures {ev.task.metric}; give {flag}.")
     space = load_space(s.space or ev.loaded.kind.default_space)
-    choices, fixed = space.bind(ev.shapes, _allowed(ev, s.all_options))
+    structure = ev.loaded.structure
+    choices, fixed = space.bind(ev.shapes, _allowed(ev, s.all_options), structure,
+                                tied_groups(ev.loaded.model))
+    say(searched_coverage(ev, space, choices))
     name = s.study or study_name(s)
     folder = Path(s.out) / name
     # nothing is written before here: a bad model, data, space or storage leaves no trace

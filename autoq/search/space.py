@@ -1,10 +1,11 @@
 """Search spaces (`search_spaces/*.yaml`): which choices a search makes.
 
     format: autoq.space/1
-    options: [null, "8:64", "4:64", "4:128", "3:64"]   # NBITS:GROUP, null = keep
-    groups:                    # first matching group wins; unmatched layers are kept
+    options: [null, "8:64", "4:64", "4:128", "3:64"]   # NBITS:GROUP; null (or fp) = not quantized
+    groups:                    # first matching group wins; unmatched layers stay fp
       - name: attn             # one shared choice for every matching layer ...
-        match: 'self_attn\\.'  # regex on the full module name
+        roles: [attn_in, attn_out]   # layer roles (autoq/structure.py), and/or
+        match: 'self_attn\\.'  # a regex on the full layer name
         blocks: [first_quarter, last_quarter]  # all | first | last | middle |
                                # first_quarter .. last_quarter | "0-3" | a list of these
         per_layer: false       # ... or, with true, one choice per layer
@@ -13,6 +14,7 @@
     pinned: {'model.layers.0.mlp.down_proj': "8:64"}   # fixed, not searched
     baselines: ["8:64", "4:64", "4:128", "3:64"]   # uniform reference points
 
+Blocks are the model's repeated blocks, found structurally (autoq/structure.py).
 Options are filtered per layer to what is valid for its shape (and backend);
 a shared group keeps the options valid for all its layers.
 """
@@ -22,19 +24,19 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Iterable, Mapping
 
 import yaml
 
 from ..errors import UserError
 from ..plan import FP, LayerConfig, label_of
 from ..resources import resource_dir
-from ..structure import block_of
+from ..structure import ROLES, Structure, from_names, role_of
 
 FORMAT = "autoq.space/1"
 LEGACY_FP = ("keep",)   # older spelling of the fp option
 TOP_KEYS = {"format", "description", "options", "groups", "ignore", "pinned", "baselines"}
-GROUP_KEYS = {"name", "match", "blocks", "per_layer", "options"}
+GROUP_KEYS = {"name", "match", "roles", "blocks", "per_layer", "options"}
 QUARTERS = {"first_quarter": 0, "second_quarter": 1, "third_quarter": 2, "last_quarter": 3}
 
 
@@ -76,6 +78,17 @@ def _block_filter(spec, where: str) -> Callable[[int | None, int], bool]:
                     "first_quarter..last_quarter, or a range like \"0-3\".")
 
 
+def _roles(value, where: str) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    roles = value if isinstance(value, list) else [value]
+    bad = [r for r in roles if r not in ROLES]
+    if bad or not roles:
+        raise UserError(f"{where}: roles {bad or roles!r} must be a list of "
+                        f"{', '.join(ROLES)}.")
+    return tuple(roles)
+
+
 def _regex(pattern, where: str) -> re.Pattern:
     try:
         return re.compile(str(pattern))
@@ -86,10 +99,15 @@ def _regex(pattern, where: str) -> re.Pattern:
 @dataclass(frozen=True)
 class Group:
     name: str
-    match: re.Pattern
+    match: re.Pattern | None           # regex on the full layer name (None: any)
+    roles: tuple[str, ...] | None      # layer roles (autoq.structure.ROLES; None: any)
     blocks: Callable[[int | None, int], bool]
     per_layer: bool
     options: tuple[LayerConfig | None, ...]
+
+    def takes(self, name: str, role: str, block: int | None, n_blocks: int) -> bool:
+        return (self.match is None or bool(self.match.search(name))) and \
+            (self.roles is None or role in self.roles) and self.blocks(block, n_blocks)
 
 
 @dataclass(frozen=True)
@@ -113,34 +131,52 @@ class Space:
     pinned: Mapping[str, LayerConfig | None]
     baselines: tuple[LayerConfig, ...]
 
+    def assign(self, shapes: Mapping[str, tuple[int, int]],
+               structure: Structure | None = None) -> dict[str, str | None]:
+        """Layer -> the group that searches it, "pinned", "ignored", or None (not
+        matched: kept in full precision)."""
+        s = structure or from_names(shapes)
+        n_blocks = len(s.blocks)
+        out: dict[str, str | None] = {}
+        for name in shapes:
+            if name in self.pinned:
+                out[name] = "pinned"
+            elif any(r.search(name) for r in self.ignore):
+                out[name] = "ignored"
+            else:
+                role = s.roles.get(name) or role_of(s.inside(name))
+                out[name] = next((g.name for g in self.groups
+                                  if g.takes(name, role, s.block_of(name), n_blocks)), None)
+        return out
+
+    def unsearched(self, shapes: Mapping[str, tuple[int, int]],
+                   structure: Structure | None = None) -> dict[str, str]:
+        """Layers the space leaves in full precision, and why (for the coverage)."""
+        why = {None: "not matched by the search space", "ignored": "ignored by the search space"}
+        return {n: why[g] for n, g in self.assign(shapes, structure).items() if g in why}
+
     def bind(self, shapes: Mapping[str, tuple[int, int]],
              allowed: Callable[[LayerConfig, int, int], bool] = lambda c, i, o: True,
+             structure: Structure | None = None, ties: Iterable[Iterable[str]] = (),
              ) -> tuple[list[Choice], dict[str, LayerConfig | None]]:
-        """The space's choices for a model's layers, and its fixed (pinned/kept) layers."""
+        """The space's choices for a model's layers, and its fixed (pinned/kept) layers.
+        Layers that share one matrix (`ties`: a tied embedding and head) in one group
+        are one choice, also in a per-layer group."""
         for name, cfg in self.pinned.items():
             if name not in shapes:
-                raise UserError(f"{self.source}: pinned layer {name!r} is not a linear layer of "
-                                "this model; fix the name.")
+                raise UserError(f"{self.source}: pinned layer {name!r} is not a quantizable layer "
+                                "of this model; fix the name.")
             if cfg is not None and cfg.problem(*shapes[name]):
                 raise UserError(f"{self.source}: pinned {name!r}: {cfg.problem(*shapes[name])}.")
-        n_blocks = 1 + max((b for b in map(block_of, shapes) if b is not None), default=-1)
+        assigned = self.assign(shapes, structure)
         fixed: dict[str, LayerConfig | None] = {n: None for n in shapes}
         fixed.update(self.pinned)
-        members: dict[str, list[str]] = {g.name: [] for g in self.groups}
-        for name in shapes:
-            if name in self.pinned or any(r.search(name) for r in self.ignore):
-                continue
-            for g in self.groups:
-                if g.match.search(name) and g.blocks(block_of(name), n_blocks):
-                    members[g.name].append(name)
-                    fixed.pop(name)
-                    break
         choices = []
         for g in self.groups:
-            layers = members[g.name]
-            if not layers:
-                continue
-            units = [[n] for n in layers] if g.per_layer else [layers]
+            layers = [n for n, group in assigned.items() if group == g.name]
+            for n in layers:
+                fixed.pop(n)
+            units = _per_layer(layers, ties) if g.per_layer else ([layers] if layers else [])
             for unit in units:
                 ok = tuple(o for o in dict.fromkeys(g.options or self.options)  # no repeats
                            if o is None or all(o.problem(*shapes[n]) is None
@@ -150,15 +186,32 @@ class Space:
                                     f"{unit[0]} {shapes[unit[0]]}; add one that fits.")
                 choices.append(Choice(unit[0] if g.per_layer else g.name, tuple(unit), ok))
         if not choices:
-            raise UserError(f"{self.source}: no group matches any layer of this model; "
-                            "check the match regexes.")
+            raise UserError(f"{self.source}: no group of this space selects any layer of this "
+                            "model; check its match and roles (see `autoq search --help`).")
         return choices, fixed
+
+
+def _per_layer(layers: list[str], ties: Iterable[Iterable[str]]) -> list[list[str]]:
+    """One unit per layer, except that tied layers of the group form one unit."""
+    tie_of = {n: tuple(g) for g in map(tuple, ties) for n in g}
+    units, seen = [], set()
+    for n in layers:
+        if n in seen:
+            continue
+        unit = [m for m in tie_of.get(n, (n,)) if m in layers] or [n]
+        seen.update(unit)
+        units.append(unit)
+    return units
+
+
+ALIASES = {"llama-per-layer": "lm-per-layer", "llama-grouped": "lm-grouped"}
 
 
 def load_space(path_or_name: str | Path) -> Space:
     path = Path(path_or_name)
     if not path.exists():
-        shipped = resource_dir("search_spaces") / f"{path_or_name}.yaml"
+        name = ALIASES.get(str(path_or_name), str(path_or_name))
+        shipped = resource_dir("search_spaces") / f"{name}.yaml"
         if not shipped.exists():
             names = ", ".join(p.stem for p in sorted(resource_dir("search_spaces").glob("*.yaml")))
             raise UserError(f"--space {path_or_name}: no such file or shipped space; "
@@ -191,8 +244,8 @@ def parse_space(obj, src: str) -> Space:
     groups = []
     for i, g in enumerate(obj["groups"]):
         where = f"{src}: groups[{i}]"
-        if not isinstance(g, dict) or "name" not in g or "match" not in g:
-            raise UserError(f"{where} must be a mapping with at least name and match.")
+        if not isinstance(g, dict) or "name" not in g or not ("match" in g or "roles" in g):
+            raise UserError(f"{where} must be a mapping with a name and a match or roles.")
         bad = sorted(set(map(str, g)) - GROUP_KEYS)
         if bad:
             raise UserError(f"{where}: unknown key {bad[0]!r}; allowed: {', '.join(sorted(GROUP_KEYS))}.")
@@ -201,7 +254,9 @@ def parse_space(obj, src: str) -> Space:
             raise UserError(f"{where}: options must be a non-empty list.")
         if not isinstance(g.get("per_layer", False), bool):
             raise UserError(f"{where}: per_layer must be true or false.")
-        groups.append(Group(str(g["name"]), _regex(g["match"], where),
+        groups.append(Group(str(g["name"]),
+                            _regex(g["match"], where) if "match" in g else None,
+                            _roles(g.get("roles"), where),
                             _block_filter(g.get("blocks"), where), g.get("per_layer", False),
                             tuple(parse_option(o, where) for o in own) if own else ()))
     names = [g.name for g in groups]
