@@ -153,9 +153,11 @@ def with_hub_weights(name: str, kwargs: dict, model, what: str):
 
 
 def load_vit(name: str, kwargs: dict, device, dtype, checkpoint: str | None,
-             what: str) -> LoadedModel:
+             what: str | None = None) -> LoadedModel:
+    """`what`: how the user named the model, for the messages (default timm:<name>)."""
     from ..kinds import KINDS
 
+    what = what or f"--model timm:{name}"
     hub_weights = wants_hub_weights(kwargs, checkpoint, what)
     kwargs = {k: v for k, v in kwargs.items() if k != "pretrained"}
     state = read_checkpoint(checkpoint) if checkpoint else None
