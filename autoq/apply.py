@@ -13,29 +13,18 @@ import torch
 
 from . import progress, saved
 from .backends import prepare_, require_backend
-from .errors import UserError
+from .args import check_out, default_out
 from .evaluate import EvalSettings
-from .models import load_model, pick_device, pick_dtype
 from .coverage import of_model
 from .coverage import summary as coverage_summary
 from .layers import tied_groups
+from .models import check_model, load_model, pick_device, pick_dtype
 from .plan import Plan, tie_notes
 from .quantize import LayerCache, quantize_
 from .size import measure, saved_tensor_bytes
 from .tasks import get_task
 
 SIZE_TOLERANCE = 0.01   # saved tensors and the reloaded model within 1% of the measured size
-
-
-def default_out(plan_path: Path) -> Path:
-    return plan_path.parent / f"{plan_path.stem}-model"
-
-
-def check_out(out: Path, force: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file; give a folder path.")
-    if out.exists() and any(out.iterdir()) and not force:
-        raise UserError(f"--out {out} exists and is not empty; pick a new folder or pass --force.")
 
 
 def apply_plan(plan_path: str | Path, s: EvalSettings = EvalSettings(), *,
@@ -48,11 +37,16 @@ def apply_plan(plan_path: str | Path, s: EvalSettings = EvalSettings(), *,
     plan = Plan.load(plan_path)
     out = out or default_out(plan_path)
     check_out(out, force)
+    checkpoint = s.checkpoint or plan.extra.get("checkpoint")
+    model = check_model(plan.model, checkpoint)  # local paths absolute in the saved plan
+    if model != plan.model:
+        plan.extra.setdefault("model_as_typed", plan.model)
+        plan.model = model
     dev = pick_device(s.device)
     dt = pick_dtype(s.dtype, dev)
     backend = require_backend(s.backend, dev)
     progress.say(f"loading model {plan.model}")
-    loaded = load_model(plan.model, dev, dt, s.checkpoint or plan.extra.get("checkpoint"))
+    loaded = load_model(plan.model, dev, dt, checkpoint)
     resolved = plan.resolve(loaded.shapes(), loaded.keep(), str(plan_path))
     task = get_task(s.task or loaded.kind.default_task) if evaluate else None
     dataset = task.load(loaded, s.data, s.seq_len, s.limit) if task else None

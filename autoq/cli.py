@@ -1,4 +1,8 @@
-"""autoq command line: one function per command; the docstring is the help."""
+"""autoq command line: one function per command; the docstring is the help.
+
+Each command checks every argument first (`autoq.args`: one sentence, exit code 2,
+before torch or a model is imported), then calls the library and prints.
+"""
 
 from __future__ import annotations
 
@@ -9,44 +13,46 @@ from typing import Optional
 
 import typer
 
-from . import progress
+from . import __version__, args, progress
 from .errors import UserError
-from .coverage import summary as coverage_summary
-from .plan import LayerConfig, Plan, uniform_plan
+from .options import (BUDGET, DEFAULT_MODEL, MODEL_DATA, OUTPUT, QUANT, SPEED, STORAGE,
+                      STRATEGY, TARGET, Backend, CacheDir, Checkpoint, Command, Data, Device,
+                      Dtype, Json, Limit, Model, OneLineErrors, Quiet, SeqLen, Task, one_of,
+                      target_option)
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(cls=OneLineErrors, add_completion=False, no_args_is_help=True,
+                  context_settings={"help_option_names": ["-h", "--help"]},
                   help="Find, apply and compare per-layer mixed-precision HQQ quantization.")
 
-# ---- options shared by several commands (defaults live here, once) -----------------
-DEFAULT_MODEL = "smollm2"
-Model = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Registry name, hf:<id|path> or timm:<name> (see `autoq models`).")
-Task = typer.Option(None, "--task", "-t", help="wikitext2 or cifar100 (default: the model's usual task).")
-Data = typer.Option(None, "--data", help="Local data: wiki.test.raw file or cifar-100-python folder (default: the hub).")
-SeqLen = typer.Option(None, "--seq-len", help="Tokens per perplexity window (default 2048).")
-Limit = typer.Option(None, "--limit", help="Use only the first N windows / images.")
-Checkpoint = typer.Option(None, "--checkpoint", help="State dict for ViTs (loaded with weights_only=True).")
-Device = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N.")
-Dtype = typer.Option("auto", "--dtype", help="auto (fp16 on GPU, fp32 on CPU), fp32, fp16 or bf16.")
-CacheDir = typer.Option(None, "--cache-dir", help="Reuse quantized layers across runs from this folder.")
-Backend = typer.Option("auto", "--backend", help="Serving kernels: auto (gemlite on CUDA when installed, else hqq), gemlite or hqq.")
-Quiet = typer.Option(False, "--quiet", "-q", help="No progress bars.")
+
+def show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"autoq {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(version: bool = typer.Option(False, "--version", metavar="", is_eager=True,
+                                              callback=show_version,
+                                              help="Print the version and exit.")):
+    """Find, apply and compare per-layer mixed-precision HQQ quantization."""
 
 
 def command(fn):
     """Register `fn` as a command; a UserError becomes one sentence and exit code 2."""
     @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
+    def wrapper(*a, **kwargs):
         progress.ENABLED = not kwargs.get("quiet", False) and not kwargs.get("as_json", False)
         progress.quiet_libraries(not progress.ENABLED)
         try:
-            return fn(*args, **kwargs)
+            return fn(*a, **kwargs)
         except UserError as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(2)
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
             raise typer.Exit(130)
-    return app.command()(wrapper)
+    return app.command(cls=Command)(wrapper)
 
 
 def _table(title: str, rows: dict) -> None:
@@ -59,45 +65,74 @@ def _table(title: str, rows: dict) -> None:
     Console().print(table)
 
 
+def _emit(as_json: bool, title: str, result: dict) -> None:
+    if as_json:
+        typer.echo(json.dumps(result))
+    else:
+        _table(title, result)
+
+
 @command
-def models(quiet: bool = Quiet):
+def models(as_json: bool = Json, quiet: bool = Quiet):
     """List the model registry and what each model needs."""
+    from .models import MODELS
+
+    rows = [{"name": e.name, "kind": e.kind, "what": e.summary, "needs": e.needs}
+            for e in MODELS.values()]
+    if as_json:
+        typer.echo(json.dumps(rows))
+        return
     from rich.console import Console
     from rich.table import Table
 
-    from .models import MODELS
-
     table = Table("name", "kind", "what", "needs")
-    for e in MODELS.values():
-        table.add_row(e.name, e.kind, e.summary, e.needs)
+    for row in rows:
+        table.add_row(*row.values())
     Console(width=160).print(table)
 
 
+def eval_settings(inp: args.Inputs, task, seq_len, limit, device, dtype, cache_dir, backend):
+    from .evaluate import EvalSettings
+
+    return EvalSettings(model=inp.model, task=task, data=inp.data, seq_len=seq_len, limit=limit,
+                        checkpoint=inp.checkpoint, device=device, dtype=dtype,
+                        cache_dir=cache_dir, backend=backend)
+
+
 @command
-def eval(model: Optional[str] = typer.Option(None, "--model", "-m", help="Registry name, hf:<id|path> or timm:<name> (see `autoq models`); default: the plan's model, else smollm2."),
+def eval(model: Optional[str] = Model(None, "the plan's model, else smollm2"),
          task: Optional[str] = Task, data: Optional[str] = Data,
          seq_len: Optional[int] = SeqLen, limit: Optional[int] = Limit,
-         uniform: Optional[str] = typer.Option(None, "--uniform", help="NBITS:GROUP on every layer but the head, embeddings and routers (layers that cannot take it are skipped and named), e.g. 4:64."),
-         whole_model: bool = typer.Option(False, "--whole-model", help="With --uniform: also quantize the head and the embeddings (a tied pair as one tensor)."),
-         plan: Optional[Path] = typer.Option(None, "--plan", help="A plan file (autoq.plan/1)."),
-         checkpoint: Optional[str] = Checkpoint, device: str = Device, dtype: str = Dtype,
-         cache_dir: Optional[str] = CacheDir, as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
-         backend: str = Backend, quiet: bool = Quiet):
+         checkpoint: Optional[str] = Checkpoint,
+         uniform: Optional[str] = typer.Option(None, "--uniform", metavar="NBITS:GROUP",
+                                               rich_help_panel=QUANT,
+                                               help="One config on every layer but the head, "
+                                               "the embeddings and routers, e.g. 4:64 (4:row: "
+                                               "whole rows); a layer that cannot take it is "
+                                               "skipped and named."),
+         whole_model: bool = typer.Option(False, "--whole-model", rich_help_panel=QUANT,
+                                          help="With --uniform: also the head and the "
+                                          "embeddings (a tied pair as one tensor)."),
+         plan: Optional[Path] = typer.Option(None, "--plan", metavar="FILE",
+                                             rich_help_panel=QUANT,
+                                             help="A plan file (autoq.plan/1)."),
+         device: str = Device, dtype: str = Dtype, backend: str = Backend,
+         cache_dir: Optional[str] = CacheDir, as_json: bool = Json, quiet: bool = Quiet):
     """Evaluate a model (unquantized, uniform, or from a plan): quality, exact size, speed."""
-    from .evaluate import EvalSettings, Evaluator
-
-    if uniform and plan:
-        raise UserError("give either --uniform or --plan, not both.")
-    cfg = LayerConfig.parse(uniform) if uniform else None
-    the_plan = Plan.load(plan) if plan else None
+    the_plan, cfg = args.plan_or_uniform(plan, uniform)
     model = model or (the_plan.model if the_plan else DEFAULT_MODEL)
-    ev = Evaluator(EvalSettings(model=model, task=task, data=data, seq_len=seq_len, limit=limit,
-                                checkpoint=checkpoint, device=device, dtype=dtype,
-                                cache_dir=cache_dir, backend=backend))
+    checkpoint = checkpoint or (the_plan.extra.get("checkpoint") if the_plan else None)
+    inp = args.inputs(model, task, data, seq_len, limit, checkpoint, device, dtype, backend,
+                      cache_dir)
+    from .coverage import summary as coverage_summary
+    from .evaluate import Evaluator
+    from .plan import uniform_plan
+
+    ev = Evaluator(eval_settings(inp, task, seq_len, limit, device, dtype, cache_dir, backend))
     keep = ev.loaded.keep()
     if cfg is not None:
         keep = {n: why for n, why in keep.items() if not whole_model or why == "a router"}
-        the_plan = uniform_plan(model, cfg, ev.shapes, keep)
+        the_plan = uniform_plan(inp.model, cfg, ev.shapes, keep)
     resolved = ev.resolve(the_plan, str(plan) if plan else "--uniform") if the_plan else \
         {n: None for n in ev.shapes}
     skipped = the_plan.extra.get("skipped", {}) if the_plan else {}
@@ -111,119 +146,183 @@ def eval(model: Optional[str] = typer.Option(None, "--model", "-m", help="Regist
               "coverage": cov, "ties": ev.tie_notes(resolved)}
     if not as_json:
         progress.say(coverage_summary(cov))
-    if as_json:
-        typer.echo(json.dumps(result))
-    else:
-        _table(f"autoq eval: {model} / {ev.task.name}", result)
+    _emit(as_json, f"autoq eval: {model} / {ev.task.name}", result)
 
 
 @command
-def apply(plan: Path = typer.Argument(..., help="Plan file (autoq.plan/1), e.g. results/<study>/best.json."),
-          out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder to write the quantized model to (default: <plan folder>/<plan name>-model)."),
-          run_eval: bool = typer.Option(False, "--eval", help="Also evaluate the reloaded model."),
+def apply(plan: Path = typer.Argument(..., metavar="PLAN",
+                                      help="Plan file (autoq.plan/1), e.g. results/<study>/best.json."),
+          out: Optional[Path] = typer.Option(None, "--out", "-o", metavar="DIR",
+                                             rich_help_panel=OUTPUT,
+                                             show_default="<plan folder>/<plan name>-model",
+                                             help="Folder to write the quantized model to."),
+          force: bool = typer.Option(False, "--force", metavar="", rich_help_panel=OUTPUT,
+                                     help="Replace a non-empty --out folder."),
+          run_eval: bool = typer.Option(False, "--eval", metavar="", rich_help_panel=MODEL_DATA,
+                                        help="Also evaluate the reloaded model."),
           task: Optional[str] = Task, data: Optional[str] = Data, seq_len: Optional[int] = SeqLen,
           limit: Optional[int] = Limit, checkpoint: Optional[str] = Checkpoint,
-          device: str = Device, dtype: str = Dtype, cache_dir: Optional[str] = CacheDir,
-          force: bool = typer.Option(False, "--force", help="Replace a non-empty --out folder."),
-          as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
-          backend: str = Backend, quiet: bool = Quiet):
+          device: str = Device, dtype: str = Dtype, backend: str = Backend,
+          cache_dir: Optional[str] = CacheDir, as_json: bool = Json, quiet: bool = Quiet):
     """Quantize the plan's model with the plan, save it (HQQ format + plan), and check
     that the reloaded model gives the same outputs. --out appears only when all is done."""
-    from .apply import apply_plan
-    from .evaluate import EvalSettings
+    from .plan import Plan
 
-    result = apply_plan(plan, EvalSettings(
-        task=task, data=data, seq_len=seq_len, limit=limit, checkpoint=checkpoint,
-        device=device, dtype=dtype, cache_dir=cache_dir, backend=backend),
-        out=out, force=force, evaluate=run_eval)
-    if as_json:
-        typer.echo(json.dumps(result))
-    else:
-        _table(f"autoq apply: {result['model']} -> {result['out']}", result)
+    the_plan = Plan.load(plan)
+    args.check_out(out or args.default_out(plan), force)
+    inp = args.inputs(the_plan.model, task, data, seq_len, limit,
+                      checkpoint or the_plan.extra.get("checkpoint"), device, dtype, backend,
+                      cache_dir)
+    from .apply import apply_plan
+
+    result = apply_plan(plan, eval_settings(inp, task, seq_len, limit, device, dtype, cache_dir,
+                                            backend), out=out, force=force, evaluate=run_eval)
+    _emit(as_json, f"autoq apply: {result['model']} -> {result['out']}", result)
 
 
 @command
-def search(model: str = Model, task: Optional[str] = Task, data: Optional[str] = Data,
+def search(model: str = Model(), task: Optional[str] = Task, data: Optional[str] = Data,
            seq_len: Optional[int] = SeqLen, limit: Optional[int] = Limit,
-           target_ppl: Optional[float] = typer.Option(None, "--target-ppl", help="Quality target: perplexity at most this."),
-           target_acc: Optional[float] = typer.Option(None, "--target-acc", help="Quality target: top-1 accuracy (0-1) at least this."),
-           max_size_mib: Optional[float] = typer.Option(None, "--max-size-mib", help="Also require size <= S MiB."),
-           trials: int = typer.Option(50, "--trials", help="Total finished trials in the study (re-running resumes)."),
-           timeout: Optional[float] = typer.Option(None, "--timeout", help="Stop starting trials after SEC seconds."),
-           space: Optional[str] = typer.Option(None, "--space", help="Search-space YAML or shipped name (default: per-layer space of the model family)."),
-           study: Optional[str] = typer.Option(None, "--study", help="Study name (default: model-task-target)."),
-           storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage URL (default sqlite:///<out>/<study>/study.db)."),
-           out: Path = typer.Option(Path("results"), "--out", help="Output root; the study folder is <out>/<study>."),
-           seed: int = typer.Option(0, "--seed", help="Random seed of the samplers."),
-           prior_trials: Optional[int] = typer.Option(None, "--prior-trials", help="First trials from the sensitivity prior (knapsack), before the sampler (default: trials/3, 2..10)."),
-           old_seeds: Optional[int] = typer.Option(None, "--seeds", hidden=True, help="Old name of --prior-trials."),
-           trial_speed: str = typer.Option("predicted", "--trial-speed", help="Per-trial speed: predicted (latency model; Pareto configs re-measured) or measured."),
-           old_speed: Optional[str] = typer.Option(None, "--speed", hidden=True, help="Old name of --trial-speed."),
-           prune: bool = typer.Option(True, "--prune/--no-prune", help="Stop scoring a trial once the data seen decides the target (Pareto configs are then scored in full)."),
-           sampler: str = typer.Option("sensitivity", "--sampler", help="Trials after the prior: sensitivity (recalibrated knapsack with perturbed sensitivities), nsga2 or random."),
-           measure_front: Optional[int] = typer.Option(None, "--measure-front", help="Re-measure the speed of at most N Pareto configs (best first; default all)."),
-           checkpoint: Optional[str] = Checkpoint, device: str = Device, dtype: str = Dtype,
-           backend: str = Backend,
-           all_options: bool = typer.Option(False, "--all-options", help="With gemlite, also search options it cannot serve (those layers fall back to hqq)."),
-           cache_dir: Optional[str] = typer.Option(None, "--cache-dir", help="On-disk layer cache (default <out>/layer-cache)."),
-           quiet: bool = Quiet):
+           checkpoint: Optional[str] = Checkpoint,
+           target_ppl: Optional[str] = target_option("--target-ppl", "perplexity at most X (> 1)"),
+           target_acc: Optional[str] = target_option("--target-acc",
+                                                     "top-1 accuracy at least X (0-1]"),
+           max_size_mib: Optional[float] = typer.Option(
+               None, "--max-size-mib", metavar="MIB", rich_help_panel=TARGET,
+               help="Also require size <= MIB."),
+           trials: int = typer.Option(50, "--trials", metavar="N", rich_help_panel=BUDGET,
+                                      help="Total finished trials in the study (re-running resumes)."),
+           timeout: Optional[float] = typer.Option(
+               None, "--timeout", metavar="SEC", rich_help_panel=BUDGET, show_default="none",
+               help="Stop starting trials after SEC seconds."),
+           prior_trials: Optional[int] = typer.Option(
+               None, "--prior-trials", metavar="N", rich_help_panel=BUDGET,
+               show_default="trials/3, 2..10",
+               help="First trials from the sensitivity prior (knapsack), before the sampler."),
+           old_seeds: Optional[int] = typer.Option(None, "--seeds", hidden=True,
+                                                   help="Old name of --prior-trials."),
+           prune: bool = typer.Option(True, "--prune/--no-prune", metavar="",
+                                      rich_help_panel=BUDGET,
+                                      help="Stop scoring a trial once the data seen decides the "
+                                      "target (Pareto configs are then scored in full)."),
+           space: Optional[str] = typer.Option(
+               None, "--space", metavar="FILE|NAME", rich_help_panel=STRATEGY,
+               show_default="the model family's per-layer space",
+               help="Search-space YAML or shipped name."),
+           sampler: str = typer.Option("sensitivity", "--sampler", metavar=one_of(args.SAMPLERS),
+                                       rich_help_panel=STRATEGY,
+                                       help="Trials after the prior: sensitivity (recalibrated "
+                                       "knapsack, perturbed sensitivities), nsga2 or random."),
+           seed: int = typer.Option(0, "--seed", metavar="N", rich_help_panel=STRATEGY,
+                                    help="Random seed of the samplers."),
+           all_options: bool = typer.Option(False, "--all-options", metavar="",
+                                            rich_help_panel=STRATEGY,
+                                            help="With gemlite, also search options it cannot "
+                                            "serve (those layers fall back to hqq)."),
+           study: Optional[str] = typer.Option(None, "--study", metavar="NAME",
+                                               rich_help_panel=STORAGE,
+                                               show_default="model-task-target",
+                                               help="Study name."),
+           storage: Optional[str] = typer.Option(None, "--storage", metavar="URL",
+                                                 rich_help_panel=STORAGE,
+                                                 show_default="sqlite:///<out>/<study>/study.db",
+                                                 help="Optuna storage URL."),
+           out: Path = typer.Option(Path("results"), "--out", metavar="DIR",
+                                    rich_help_panel=STORAGE,
+                                    help="Output root; the study folder is <out>/<study>."),
+           cache_dir: Optional[str] = typer.Option(None, "--cache-dir", metavar="DIR",
+                                                   rich_help_panel=STORAGE,
+                                                   show_default="<out>/layer-cache",
+                                                   help="On-disk layer cache."),
+           trial_speed: str = typer.Option("predicted", "--trial-speed",
+                                           metavar=one_of(args.TRIAL_SPEEDS),
+                                           rich_help_panel=SPEED,
+                                           help="Per-trial speed: predicted (latency model; "
+                                           "Pareto configs re-measured) or measured."),
+           old_speed: Optional[str] = typer.Option(None, "--speed", hidden=True,
+                                                   help="Old name of --trial-speed."),
+           measure_front: Optional[int] = typer.Option(
+               None, "--measure-front", metavar="N", rich_help_panel=SPEED, show_default="all",
+               help="Re-measure the speed of at most N Pareto configs (best first)."),
+           device: str = Device, dtype: str = Dtype, backend: str = Backend,
+           as_json: bool = Json, quiet: bool = Quiet):
     """Search per-layer HQQ configs for the smallest model meeting a quality target
-    (multi-objective Optuna: size x quality), writing plans ready for `autoq apply`."""
+    (multi-objective Optuna: size x quality), writing plans ready for `autoq apply`;
+    with --target-ppl none / --target-acc none, map the whole trade-off."""
+    trial_speed = old_speed or trial_speed
+    prior_trials = prior_trials if prior_trials is not None else old_seeds
+    inp = args.inputs(model, task, data, seq_len, limit, checkpoint, device, dtype, backend,
+                      cache_dir)
+    target = args.search_target(inp.task["metric"], inp.task["name"], target_ppl, target_acc)
+    args.search_budget(trials, timeout, max_size_mib, prior_trials, measure_front)
+    args.search_setup(space, storage, out, sampler, trial_speed)
     import optuna
 
-    from .evaluate import EvalSettings
     from .search.run import SearchSettings
     from .search.run import search as run_search
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if (target_ppl is None) == (target_acc is None):
-        raise UserError("give exactly one quality target: --target-ppl X or --target-acc Y.")
-    if target_acc is not None and not 0 < target_acc <= 1:
-        raise UserError(f"--target-acc {target_acc} must be a fraction in (0, 1], e.g. 0.9.")
-    if trials < 1:
-        raise UserError("--trials must be at least 1.")
-    trial_speed = old_speed or trial_speed
-    if trial_speed not in ("predicted", "measured"):
-        raise UserError(f"--trial-speed {trial_speed!r} must be predicted or measured.")
-    ev = EvalSettings(model=model, task=task, data=data, seq_len=seq_len, limit=limit,
-                      checkpoint=checkpoint, device=device, dtype=dtype,
-                      cache_dir=cache_dir or str(out / "layer-cache"), backend=backend)
     settings = SearchSettings(
-        eval=ev, target=target_ppl if target_ppl is not None else target_acc,
-        metric="ppl" if target_ppl is not None else "accuracy", trials=trials,
-        max_size_mib=max_size_mib, timeout=timeout, space=space, study=study, storage=storage,
-        out=str(out), seed=seed, prior_trials=prior_trials if prior_trials is not None
-        else old_seeds, trial_speed=trial_speed, prune=prune, sampler=sampler,
-        measure_front=measure_front, all_options=all_options)
+        eval=eval_settings(inp, task, seq_len, limit, device, dtype,
+                           cache_dir or str(out / "layer-cache"), backend),
+        target=target, metric=inp.task["metric"], trials=trials, max_size_mib=max_size_mib,
+        timeout=timeout, space=space, study=study, storage=storage, out=str(out), seed=seed,
+        prior_trials=prior_trials, trial_speed=trial_speed, prune=prune, sampler=sampler,
+        measure_front=measure_front, all_options=all_options, model_as_typed=model)
     result = run_search(settings, say=progress.say if progress.ENABLED else lambda m: None)
-    rows = {"study folder": str(result.study_dir), "finished trials": result.finished,
-            "pareto configs": len(result.front)}
-    if result.best:
-        m = result.best["metrics"]
-        metric = settings.metric
-        rows.update({"best.json": f"{metric} {m[metric]:.4g}, {m['size_mib']:.1f} MiB, "
-                                  f"{m['bits_per_weight']:.2f} bits/weight"})
-    else:
-        rows["best.json"] = "none: no finished trial meets the target yet"
-    _table(f"autoq search: {result.study_dir.name}", rows)
+    if as_json:
+        typer.echo(json.dumps({"study": result.study_dir.name, "study_dir": str(result.study_dir),
+                               "metric": settings.metric, "target": target,
+                               "finished": result.finished, "front": result.front,
+                               "best": result.best, "best_note": best_note(result, settings)}))
+        return
+    _table(f"autoq search: {result.study_dir.name}",
+           {"study folder": str(result.study_dir), "finished trials": result.finished,
+            "pareto configs": len(result.front), "best.json": best_note(result, settings)})
+
+
+def best_note(result, settings) -> str:
+    """What best.json is, in words (there is none without a target)."""
+    if settings.target is None:
+        return (f"none: no quality target (--target-{'ppl' if settings.metric == 'ppl' else 'acc'}"
+                " none), so no config is best; pick one from the Pareto front (pareto.json)")
+    if not result.best:
+        return "none: no finished trial meets the target yet"
+    m, metric = result.best["metrics"], settings.metric
+    return (f"{metric} {m[metric]:.4g}, {m['size_mib']:.1f} MiB, "
+            f"{m['bits_per_weight']:.2f} bits/weight")
 
 
 @command
-def report(sources: Optional[list[str]] = typer.Argument(None, metavar="STUDY_DIR_OR_STORAGE", help="Study folders, or Optuna storages (sqlite:///study.db, postgresql://..., a journal file); default: every study folder under results/."),
-           out: Path = typer.Option(Path("results/report"), "--out", "-o", help="Folder for the pictures, report.html and report.md."),
-           formats: str = typer.Option("png,html,md", "--format", help="Comma-separated: png, html, md."),
-           study: Optional[str] = typer.Option(None, "--study", help="Only the study of this name (e.g. one of several in a storage)."),
-           baselines: bool = typer.Option(False, "--baselines", help="First evaluate missing uniform reference points with each study's protocol and store them with the study."),
+def report(sources: Optional[list[str]] = typer.Argument(
+               None, metavar="STUDY_DIR_OR_STORAGE", show_default="every study under results/",
+               help="Study folders, or Optuna storages (sqlite:///study.db, postgresql://..., "
+               "a journal file)."),
+           out: Path = typer.Option(Path("results/report"), "--out", "-o", metavar="DIR",
+                                    rich_help_panel=OUTPUT,
+                                    help="Folder for the pictures, report.html and report.md."),
+           formats: str = typer.Option("png,html,md", "--format", metavar="png,html,md",
+                                       rich_help_panel=OUTPUT, help="Comma-separated formats."),
+           study: Optional[str] = typer.Option(None, "--study", metavar="NAME",
+                                               help="Only the study of this name (e.g. one of "
+                                               "several in a storage)."),
+           baselines: bool = typer.Option(False, "--baselines", metavar="",
+                                          help="First evaluate missing uniform reference points "
+                                          "with each study's protocol and store them with it."),
+           as_json: bool = typer.Option(False, "--json", metavar="", rich_help_panel=OUTPUT,
+                                        help="Print the written files as one JSON object."),
            quiet: bool = Quiet):
     """Draw Pareto fronts (quality x size, bits/weight, speed), bit-allocation heatmaps and
     a table of the Pareto configs; safe to run while a search is still going."""
+    from . import report as rep
+
+    wanted = rep.parse_formats(formats)
+    args.folder_path("--out", out)
     from rich.console import Console
 
-    from . import report as rep
     from .report import baselines as base
     from .report import load, tables
 
-    wanted = rep.parse_formats(formats)
     studies = load.find_studies(sources or [], study)
     if baselines:
         for s in studies:
@@ -231,6 +330,10 @@ def report(sources: Optional[list[str]] = typer.Argument(None, metavar="STUDY_DI
             progress.say(f"{s.name}: {len(added)} reference points added"
                          + (f" ({', '.join(added)})" if added else ""))
     written = rep.write(studies, out, wanted)
+    if as_json:
+        typer.echo(json.dumps({"studies": [s.name for s in studies],
+                               "written": [str(p) for p in written]}))
+        return
     console = Console(width=160)
     if not quiet:
         tables.terminal(studies, console)
@@ -239,7 +342,7 @@ def report(sources: Optional[list[str]] = typer.Argument(None, metavar="STUDY_DI
 
 
 def main() -> None:
-    app()
+    app(prog_name="autoq")
 
 
 if __name__ == "__main__":

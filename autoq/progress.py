@@ -23,12 +23,15 @@ def say(message: str) -> None:
 
 
 def quiet_libraries(quiet: bool) -> None:
-    """Silence transformers' own loading bars too (or let them show)."""
+    """Silence the libraries' own bars too (or let them show): the hub's downloads,
+    transformers' loading bars and plain tqdm bars such as the GGUF conversion's.
+    Imports nothing: environment variables for libraries not imported yet (tqdm reads
+    TQDM_DISABLE when it is imported), transformers' switch if it already is."""
     import os
 
     os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1" if quiet else "0"
-    try:
-        from transformers.utils import logging as hf_logging
-    except ImportError:
-        return
-    (hf_logging.disable_progress_bar if quiet else hf_logging.enable_progress_bar)()
+    if quiet:
+        os.environ["TQDM_DISABLE"] = "1"
+    if "transformers.utils.logging" in sys.modules:
+        hf_logging = sys.modules["transformers.utils.logging"]
+        (hf_logging.disable_progress_bar if quiet else hf_logging.enable_progress_bar)()

@@ -278,6 +278,10 @@ def test_report_defaults_to_every_study_under_results(tmp_path, monkeypatch):
     assert "## deep" in (tmp_path / "results" / "report" / "report.md").read_text()
     assert list((tmp_path / "results" / "report").iterdir()) == \
         [tmp_path / "results" / "report" / "report.md"]
+    r = runner.invoke(app, ["report", "--format", "md", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout) == {"studies": ["deep"],
+                                    "written": [str(Path("results") / "report" / "report.md")]}
 
 
 @pytest.mark.parametrize("args, says", [

@@ -64,6 +64,12 @@ def test_seeds_include_the_smallest_predicted_feasible_config():
     assert edge in configs
 
 
+def test_a_single_prior_trial_is_the_largest_hull_config():
+    costs, bits = _toy_costs()
+    one, = knapsack.prior(costs, bits, 1)
+    assert knapsack.totals(one, costs, bits)[1] == 2400
+
+
 def test_seeds_respect_a_size_cap():
     costs, bits = _toy_costs()
     assert all(knapsack.totals(c, costs, bits)[1] <= 1500

@@ -144,7 +144,11 @@ def test_data_errors(fake_lm, tmp_path, text_file):
         task.load(fake_lm, str(tmp_path / "missing.raw"), 4, None)
     with pytest.raises(UserError, match="expected a file"):
         task.load(fake_lm, str(tmp_path), 4, None)
-    with pytest.raises(UserError, match="--seq-len must be at least 2"):
-        task.load(fake_lm, text_file, 1, None)
+    for seq_len in (1, 0):  # 0 is refused, not taken for "the default"
+        with pytest.raises(UserError, match=rf"--seq-len {seq_len} must be at least 2"):
+            task.load(fake_lm, text_file, seq_len, None)
+    for limit in (0, -1):   # -1 would drop the last window
+        with pytest.raises(UserError, match=rf"--limit {limit} must be at least 1"):
+            task.load(fake_lm, text_file, 4, limit)
     with pytest.raises(UserError, match="unknown task 'glue'"):
         get_task("glue")

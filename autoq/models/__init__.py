@@ -2,23 +2,28 @@
 
 One small module per family registers its names with `@register`. Prefix names
 (`hf:<id or path>`, `timm:<name>`) take the rest of the string as an argument.
+
+Importing the registry loads nothing heavy (torch is imported when a model is
+loaded): the CLI checks a name, its kind and its `check` before any model loads.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import UserError
-from ..kinds import Kind
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from ..kinds import Kind
 
 
 @dataclass
 class LoadedModel:
-    spec: str                      # what the user typed, e.g. "smollm2" or "hf:/path"
+    spec: str                      # the model spec, e.g. "smollm2" or "hf:/abs/path"
     kind: Kind                     # KINDS["lm"] (causal LM) or KINDS["vit"] (image classifier)
     model: nn.Module
     device: torch.device
@@ -59,14 +64,18 @@ class ModelEntry:
     summary: str
     needs: str
     loader: Callable[..., LoadedModel]
+    # (arg, checkpoint) -> the arg with local paths made absolute; raises a UserError for
+    # what cannot load (a missing folder, bad kwargs, an unreachable hub); loads nothing
+    check: Callable[[str, str | None], str] | None = None
 
 
 MODELS: dict[str, ModelEntry] = {}
 
 
-def register(name: str, kind: str, summary: str, needs: str):
+def register(name: str, kind: str, summary: str, needs: str,
+             check: Callable[[str, str | None], str] | None = None):
     def deco(fn):
-        MODELS[name] = ModelEntry(name, kind, summary, needs, fn)
+        MODELS[name] = ModelEntry(name, kind, summary, needs, fn, check)
         return fn
     return deco
 
@@ -81,10 +90,23 @@ def entry_for(spec: str) -> tuple[ModelEntry, str]:
     raise UserError(f"unknown model {spec!r}; use one of {names} (see `autoq models`).")
 
 
-def load_model(spec: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-               checkpoint: str | None = None) -> LoadedModel:
+def check_model(spec: str, checkpoint: str | None = None) -> str:
+    """`spec` checked without loading anything, with local paths made absolute
+    (`hf:rel/dir` -> `hf:/abs/rel/dir`); hub ids and registry names stay as typed."""
     entry, arg = entry_for(spec)
-    loaded = entry.loader(arg, device=torch.device(device), dtype=dtype, checkpoint=checkpoint)
+    if entry.check is None:
+        return spec
+    arg = entry.check(arg, checkpoint)
+    return entry.name + arg if entry.name.endswith(":") else spec
+
+
+def load_model(spec: str, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
+               checkpoint: str | None = None) -> LoadedModel:
+    import torch
+
+    entry, arg = entry_for(spec)
+    loaded = entry.loader(arg, device=torch.device(device), dtype=dtype or torch.float32,
+                          checkpoint=checkpoint)
     loaded.spec = spec
     loaded.model.eval().requires_grad_(False)
     loaded.heads = loaded.kind.heads(loaded.model)
@@ -93,6 +115,8 @@ def load_model(spec: str, device: str | torch.device = "cpu", dtype: torch.dtype
 
 def pick_device(device: str | None) -> torch.device:
     """`auto` -> cuda if there is one, else cpu."""
+    import torch
+
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -100,16 +124,19 @@ def pick_device(device: str | None) -> torch.device:
     return torch.device(device)
 
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+DTYPES = ("fp32", "fp16", "bf16")
+TORCH_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 
 def pick_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
     """`auto` -> fp16 on GPU, fp32 on CPU."""
+    import torch
+
     if dtype in (None, "auto"):
         return torch.float16 if device.type == "cuda" else torch.float32
     if dtype not in DTYPES:
         raise UserError(f"--dtype {dtype!r} is not one of auto, {', '.join(DTYPES)}.")
-    return DTYPES[dtype]
+    return getattr(torch, TORCH_DTYPES[dtype])
 
 
 from . import hf, vit  # noqa: E402,F401  (registers the families)

@@ -65,7 +65,10 @@ def write_trials(session: Session) -> None:
 
 
 def best_trial(session: Session):
-    """The smallest COMPLETE trial that meets the target (`autoq.study.best`)."""
+    """The smallest COMPLETE trial that meets the target (`autoq.study.best`); None
+    without a quality target (the study maps the trade-off: no config is best)."""
+    if session.target.value is None:
+        return None
     study = session.study
     rescored = contract.attr(study.user_attrs, contract.RESCORED, {})
     done = [(t, metrics_of(study, t, rescored))

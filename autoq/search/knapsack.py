@@ -54,7 +54,7 @@ def spread(configs: Sequence[Config], costs, bits, n: int) -> list[Config]:
     lo, hi = min(sizes), max(sizes)
     chosen: list[int] = []
     for i in range(n):
-        want = hi - (hi - lo) * i / (n - 1)
+        want = hi - (hi - lo) * i / max(n - 1, 1)  # n == 1: the largest
         best = min((j for j in range(len(configs)) if j not in chosen),
                    key=lambda j: abs(sizes[j] - want))
         chosen.append(best)

@@ -109,7 +109,7 @@ def progress(session: Session, durations: list[float], last) -> None:
         m = metrics_of(session.study, best)
         best_txt = f"best feasible {m['size_mib']:.1f} MiB, {metric} {m[metric]:.4g}"
     else:
-        best_txt = "no feasible config yet"
+        best_txt = "no target" if session.target.value is None else "no feasible config yet"
     m = contract.attr(last.user_attrs, contract.METRICS, {})
     what = f"{metric} {m[metric]:.4g}, {m.get('size_mib', float('nan')):.1f} MiB" \
         if metric in m else ""

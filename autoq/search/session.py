@@ -46,11 +46,12 @@ class SearchSettings:
     sampler: str = "sensitivity"
     measure_front: int | None = None   # front configs whose speed is re-measured (None: all)
     all_options: bool = False          # with gemlite: also options it cannot serve
+    model_as_typed: str | None = None  # --model as the user typed it (eval.model: absolute)
 
 
 def study_name(s: SearchSettings) -> str:
     target = "map" if s.target is None else f"{s.target:g}"
-    base = f"{s.eval.model}-{s.eval.task or 'default'}-{s.metric}{target}"
+    base = f"{s.model_as_typed or s.eval.model}-{s.eval.task or 'default'}-{s.metric}{target}"
     return re.sub(r"[^A-Za-z0-9._-]+", "_", base).strip("_")
 
 
@@ -94,6 +95,8 @@ class Session:
             extra["trial"] = number
         if self.s.eval.checkpoint:
             extra["checkpoint"] = self.s.eval.checkpoint
+        if self.s.model_as_typed not in (None, self.s.eval.model):
+            extra["model_as_typed"] = self.s.model_as_typed
         return Plan(self.s.eval.model, dict(resolved), None, dict(metrics), extra)
 
 

@@ -11,13 +11,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-import yaml
-
+from ..args import check_counts, check_data_path, check_task_fits, task_spec  # noqa: F401
 from ..errors import UserError
-from ..resources import resource_dir
 
 
 @dataclass(frozen=True)
@@ -64,10 +61,8 @@ class Task:
         return int(self.spec.get("check_every", 1))
 
     def load(self, loaded, data: str | None, seq_len: int | None, limit: int | None):
-        if loaded.kind.name != self.model_kind:
-            raise UserError(f"task {self.name} needs {KIND_WORDS[self.model_kind]}, but "
-                            f"{loaded.spec!r} is {loaded.kind.words}; pick a matching --model "
-                            "or --task.")
+        check_task_fits(self.spec, loaded.spec, loaded.kind.name)
+        check_counts(seq_len, limit)
         return self.impl.load(self, loaded, data, seq_len, limit)
 
     def units(self, loaded, dataset) -> Iterator[float]:
@@ -94,30 +89,13 @@ class Task:
 
 
 LINK = {"ppl": math.exp, "accuracy": lambda mean: mean}
-KIND_WORDS = {"lm": "a causal language model", "vit": "an image classifier (ViT)"}
-
-
-def task_names() -> list[str]:
-    return sorted(p.stem for p in resource_dir("eval").glob("*.yaml"))
 
 
 def get_task(name: str) -> Task:
-    path = resource_dir("eval") / f"{name}.yaml"
-    if not path.exists() or name not in IMPLS:
-        raise UserError(f"unknown task {name!r}; use one of {', '.join(task_names())}.")
-    spec = yaml.safe_load(path.read_text())
+    spec = task_spec(name)
+    if name not in IMPLS:
+        raise UserError(f"task {name!r} has no scorer registered; reinstall autoq.")
     return Task(spec["name"], spec["model_kind"], spec["metric"], spec)
-
-
-def check_data_path(data: str | None, want_dir: bool) -> Path | None:
-    if data is None:
-        return None
-    p = Path(data)
-    if not p.exists():
-        raise UserError(f"--data {data}: no such {'folder' if want_dir else 'file'}.")
-    if want_dir != p.is_dir():
-        raise UserError(f"--data {data}: expected a {'folder' if want_dir else 'file'}.")
-    return p
 
 
 from . import cifar100, wikitext2  # noqa: E402,F401  (registers the scorers)

@@ -48,9 +48,7 @@ def windows(ids: torch.Tensor, seq_len: int, limit: int | None) -> torch.Tensor:
 
 
 def load(task, loaded, data, seq_len, limit) -> torch.Tensor:
-    seq_len = seq_len or task.spec["seq_len"]
-    if seq_len < 2:
-        raise UserError("--seq-len must be at least 2.")
+    seq_len = task.spec["seq_len"] if seq_len is None else seq_len
     text = read_text(task, data)
     ids = loaded.tokenizer(text, return_tensors="pt").input_ids[0]
     return windows(ids, seq_len, limit)

@@ -1,0 +1,212 @@
+"""Every command-line argument, checked before anything heavy is imported or loaded.
+
+The CLI calls `inputs` (and `search_target` ...) first: the first bad argument is
+one `UserError` sentence (exit code 2) within a second, before torch, a model or
+data is touched. What comes back is what the library gets, with local paths made
+absolute, so the plans a command writes work from any directory.
+Nothing here imports torch, transformers or timm.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from .errors import UserError
+from .plan import LayerConfig, Plan
+from .resources import resource_dir
+
+DTYPES = ("auto", "fp32", "fp16", "bf16")
+BACKENDS = ("auto", "hqq", "gemlite")        # = autoq.backends.BACKENDS and "auto"
+SAMPLERS = ("sensitivity", "nsga2", "random")  # = autoq.search.sampler.SAMPLERS
+TRIAL_SPEEDS = ("predicted", "measured")
+DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+DEFAULT_TASKS = {"lm": "wikitext2", "vit": "cifar100"}  # = autoq.kinds.KINDS[k].default_task
+KIND_WORDS = {"lm": "a causal language model", "vit": "an image classifier (ViT)"}
+METRIC_FLAGS = {"ppl": "--target-ppl", "accuracy": "--target-acc"}
+
+
+# ---- tasks (their YAML only; the scorers import torch) -----------------------------------
+def task_names() -> list[str]:
+    return sorted(p.stem for p in resource_dir("eval").glob("*.yaml"))
+
+
+def task_spec(name: str) -> dict:
+    path = resource_dir("eval") / f"{name}.yaml"
+    if not path.exists():
+        raise UserError(f"unknown task {name!r}; use one of {', '.join(task_names())}.")
+    return yaml.safe_load(path.read_text())
+
+
+def check_task_fits(spec: dict, model: str, kind: str) -> None:
+    """The task scores this kind of model (`model_kind` in its YAML)."""
+    if spec["model_kind"] != kind:
+        raise UserError(f"task {spec['name']} needs {KIND_WORDS[spec['model_kind']]}, but "
+                        f"{model!r} is {KIND_WORDS[kind]}; pick a matching --model or --task.")
+
+
+def check_data_path(data: str | None, want_dir: bool | None) -> Path | None:
+    """`--data` exists, and is a folder or a file as the task reads it (None: either)."""
+    if data is None:
+        return None
+    p = Path(data)
+    kind = {True: "folder", False: "file", None: "file or folder"}[want_dir]
+    if not p.exists():
+        raise UserError(f"--data {data}: no such {kind}.")
+    if want_dir is not None and want_dir != p.is_dir():
+        raise UserError(f"--data {data}: expected a {kind}.")
+    return p
+
+
+# ---- single values ---------------------------------------------------------------------
+def choice(flag: str, value: str, options: tuple[str, ...]) -> str:
+    if value not in options:
+        raise UserError(f"{flag} {value!r} is not one of {', '.join(options)}.")
+    return value
+
+
+def at_least(flag: str, value: int | None, low: int, what: str) -> None:
+    if value is not None and value < low:
+        raise UserError(f"{flag} {value} must be at least {low} ({what}).")
+
+
+def above_zero(flag: str, value: float | None, what: str) -> None:
+    if value is not None and not value > 0:
+        raise UserError(f"{flag} {value:g} must be {what} above 0.")
+
+
+def checkpoint_file(path: str | None) -> str | None:
+    if path is None:
+        return None
+    if not Path(path).is_file():
+        raise UserError(f"--checkpoint {path}: no such file; give a saved state dict (.pt/.pth).")
+    return str(Path(path).resolve())
+
+
+def folder_path(flag: str, path: str | Path | None) -> None:
+    """A folder autoq may create: it must not be an existing file."""
+    if path is not None and Path(path).exists() and not Path(path).is_dir():
+        raise UserError(f"{flag} {path} is a file; give a folder path.")
+
+
+def target(flag: str, text: str | None) -> float | None:
+    """`--target-ppl` / `--target-acc`: a number in the metric's range, or `none`."""
+    if text is None or text.strip().lower() == "none":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise UserError(f"{flag} {text!r} is not a number; give e.g. "
+                        f"{'14' if flag == '--target-ppl' else '0.9'}, or none.")
+    if flag == "--target-ppl" and not value > 1:
+        raise UserError(f"--target-ppl {text} must be a perplexity above 1 (e.g. 14), or none "
+                        "to map the whole trade-off.")
+    if flag == "--target-acc" and not 0 < value <= 1:
+        raise UserError(f"--target-acc {text} must be an accuracy in (0, 1] (e.g. 0.9), or "
+                        "none to map the whole trade-off.")
+    return value
+
+
+def check_counts(seq_len: int | None, limit: int | None) -> None:
+    """`--seq-len` and `--limit` (also checked by `Task.load`, for library callers)."""
+    at_least("--seq-len", seq_len, 2, "tokens per window")
+    at_least("--limit", limit, 1, "windows or images to score; leave it out to use all")
+
+
+# ---- what every command that loads a model shares ----------------------------------------
+@dataclass(frozen=True)
+class Inputs:
+    model: str             # the spec the library loads, local paths absolute
+    model_as_typed: str    # for display and study names
+    kind: str              # "lm" or "vit"
+    task: dict             # the task's YAML (--task, else the model kind's usual task)
+    data: str | None       # absolute
+    checkpoint: str | None  # absolute
+
+
+def inputs(model: str, task: str | None, data: str | None, seq_len: int | None,
+           limit: int | None, checkpoint: str | None, device: str, dtype: str,
+           backend: str, cache_dir: str | None) -> Inputs:
+    from .models import check_model, entry_for
+
+    check_counts(seq_len, limit)
+    if not DEVICE.fullmatch(device):
+        raise UserError(f"--device {device!r} is not auto, cpu, cuda or cuda:N.")
+    choice("--dtype", dtype, DTYPES)
+    choice("--backend", backend, BACKENDS)
+    folder_path("--cache-dir", cache_dir)
+    checkpoint = checkpoint_file(checkpoint)
+    kind = entry_for(model)[0].kind
+    spec = task_spec(task or DEFAULT_TASKS[kind])
+    check_task_fits(spec, model, kind)
+    want_dir = {"file": False, "folder": True}.get(spec.get("data_path"))
+    path = check_data_path(data, want_dir)
+    resolved = check_model(model, checkpoint)
+    return Inputs(resolved, model, kind, spec, str(path.resolve()) if path else None, checkpoint)
+
+
+def plan_or_uniform(plan: Path | None, uniform: str | None) -> tuple[Plan | None,
+                                                                    LayerConfig | None]:
+    if plan and uniform:
+        raise UserError("give either --uniform or --plan, not both.")
+    return (Plan.load(plan) if plan else None), (LayerConfig.parse(uniform) if uniform else None)
+
+
+# ---- search ------------------------------------------------------------------------------
+def search_target(metric: str, task: str, target_ppl: str | None,
+                  target_acc: str | None) -> float | None:
+    """Exactly one of the two flags, the task's own, in its metric's range (or none)."""
+    if (target_ppl is None) == (target_acc is None):
+        raise UserError("give exactly one quality target: --target-ppl X or --target-acc Y "
+                        "(X or Y may be none, to map the whole trade-off).")
+    flag, text = ("--target-ppl", target_ppl) if target_ppl is not None else \
+        ("--target-acc", target_acc)
+    value = target(flag, text)
+    if METRIC_FLAGS[metric] != flag:
+        raise UserError(f"task {task} measures {metric}; give {METRIC_FLAGS[metric]}.")
+    return value
+
+
+def search_budget(trials: int, timeout: float | None, max_size_mib: float | None,
+                  prior_trials: int | None, measure_front: int | None) -> None:
+    at_least("--trials", trials, 1, "finished trials in the study")
+    above_zero("--timeout", timeout, "a number of seconds")
+    above_zero("--max-size-mib", max_size_mib, "a size in MiB")
+    at_least("--prior-trials", prior_trials, 0, "trials from the sensitivity prior")
+    at_least("--measure-front", measure_front, 1,
+             "Pareto configs to re-measure; leave it out to measure all")
+
+
+def search_setup(space: str | None, storage: str | None, out: Path, sampler: str,
+                   trial_speed: str) -> None:
+    choice("--sampler", sampler, SAMPLERS)
+    choice("--trial-speed", trial_speed, TRIAL_SPEEDS)
+    folder_path("--out", out)
+    if space is not None:
+        from .search.space import load_space
+
+        load_space(space)
+    if storage is not None:
+        from .search.storage import check_url
+
+        check_url(storage)
+        db = storage.removeprefix("sqlite:///")
+        if storage.startswith("sqlite:///") and db not in ("", ":memory:") and \
+                not Path(db).parent.is_dir():
+            raise UserError(f"--storage {storage}: folder {Path(db).parent} does not exist; "
+                            "create it or give another path.")
+
+
+# ---- apply -------------------------------------------------------------------------------
+def default_out(plan_path: Path) -> Path:
+    return plan_path.parent / f"{plan_path.stem}-model"
+
+
+def check_out(out: Path, force: bool) -> None:
+    """`--out` of `autoq apply`: a new or empty folder (or any folder with --force)."""
+    folder_path("--out", out)
+    if out.exists() and any(out.iterdir()) and not force:
+        raise UserError(f"--out {out} exists and is not empty; pick a new folder or pass --force.")
