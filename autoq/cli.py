@@ -19,8 +19,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 # ---- options shared by several commands (defaults live here, once) -----------------
 DEFAULT_MODEL = "smollm2"
 Model = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Registry name, hf:<id|path> or timm:<name> (see `autoq models`).")
-Task = typer.Option(None, "--task", "-t", help="wikitext2 or cifar100 (default: the model's usual task).")
-Data = typer.Option(None, "--data", help="Local data: wiki.test.raw file or cifar-100-python folder (default: the hub).")
+Task = typer.Option(None, "--task", "-t", help="wikitext2, cifar100 or digits (default: the model's usual task).")
+Data = typer.Option(None, "--data", help="Local data: wiki.test.raw file or cifar-100-python folder (default: the hub; digits takes none).")
 SeqLen = typer.Option(None, "--seq-len", help="Tokens per perplexity window (default 2048).")
 Limit = typer.Option(None, "--limit", help="Use only the first N windows / images.")
 Checkpoint = typer.Option(None, "--checkpoint", help="State dict for ViTs (loaded with weights_only=True).")

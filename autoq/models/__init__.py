@@ -27,6 +27,10 @@ class LoadedModel:
     tokenizer: Any = None          # LMs
     transform: Callable | None = None  # ViTs: the model's own eval transform
     arch: dict = field(default_factory=dict)       # what rebuilds the skeleton on reload
+    default_task: str = ""         # its usual task: the registry entry's, else the kind's
+
+    def __post_init__(self):
+        self.default_task = self.default_task or self.kind.default_task
 
     def shapes(self) -> dict[str, tuple[int, int]]:
         """Full module name -> (in_features, out_features) of every linear layer."""
@@ -41,14 +45,15 @@ class ModelEntry:
     summary: str
     needs: str
     loader: Callable[..., LoadedModel]
+    default_task: str | None = None    # None: the kind's usual task
 
 
 MODELS: dict[str, ModelEntry] = {}
 
 
-def register(name: str, kind: str, summary: str, needs: str):
+def register(name: str, kind: str, summary: str, needs: str, default_task: str | None = None):
     def deco(fn):
-        MODELS[name] = ModelEntry(name, kind, summary, needs, fn)
+        MODELS[name] = ModelEntry(name, kind, summary, needs, fn, default_task)
         return fn
     return deco
 
@@ -68,6 +73,7 @@ def load_model(spec: str, device: str | torch.device = "cpu", dtype: torch.dtype
     entry, arg = entry_for(spec)
     loaded = entry.loader(arg, device=torch.device(device), dtype=dtype, checkpoint=checkpoint)
     loaded.spec = spec
+    loaded.default_task = entry.default_task or loaded.default_task
     loaded.model.eval().requires_grad_(False)
     loaded.heads = loaded.kind.heads(loaded.model)
     return loaded

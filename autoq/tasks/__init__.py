@@ -120,4 +120,4 @@ def check_data_path(data: str | None, want_dir: bool) -> Path | None:
     return p
 
 
-from . import cifar100, wikitext2  # noqa: E402,F401  (registers the scorers)
+from . import cifar100, digits, wikitext2  # noqa: E402,F401  (registers the scorers)
