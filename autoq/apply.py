@@ -48,7 +48,7 @@ def apply_plan(plan_path: str | Path, s: EvalSettings = EvalSettings(), *,
     progress.say(f"loading model {plan.model}")
     loaded = load_model(plan.model, dev, dt, checkpoint)
     resolved = plan.resolve(loaded.shapes(), loaded.keep(), str(plan_path))
-    task = get_task(s.task or loaded.kind.default_task) if evaluate else None
+    task = get_task(s.task or loaded.default_task) if evaluate else None
     dataset = task.load(loaded, s.data, s.seq_len, s.limit) if task else None
     quantize_(loaded.model, resolved, device=dev, dtype=dt, cache=LayerCache(s.cache_dir))
     saved.round_to_storage_(loaded.model, saved.storage_dtype(dt))  # compute what is saved

@@ -139,9 +139,13 @@ def inputs(model: str, task: str | None, data: str | None, seq_len: int | None,
     choice("--backend", backend, BACKENDS)
     folder_path("--cache-dir", cache_dir)
     checkpoint = checkpoint_file(checkpoint)
-    kind = entry_for(model)[0].kind
-    spec = task_spec(task or DEFAULT_TASKS[kind])
+    entry = entry_for(model)[0]
+    kind = entry.kind
+    spec = task_spec(task or entry.default_task or DEFAULT_TASKS[kind])
     check_task_fits(spec, model, kind)
+    if spec.get("data_path") == "none" and data is not None:
+        raise UserError(f"--data {data}: task {spec['name']} takes no --data (its data ships "
+                        "with autoq's dependencies); leave --data out.")
     want_dir = {"file": False, "folder": True}.get(spec.get("data_path"))
     path = check_data_path(data, want_dir)
     resolved = check_model(model, checkpoint)

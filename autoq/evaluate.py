@@ -26,7 +26,7 @@ from .tasks import get_task
 @dataclass(frozen=True, kw_only=True)
 class EvalSettings:
     model: str = "smollm2"
-    task: str | None = None          # None: the model kind's usual task
+    task: str | None = None          # None: the model's usual task (registry entry, else kind)
     data: str | None = None
     seq_len: int | None = None
     limit: int | None = None
@@ -45,7 +45,7 @@ class Evaluator:
         self.backend = require_backend(s.backend, self.device)
         say(f"loading model {s.model} on {self.device} ({str(self.dtype).removeprefix('torch.')})")
         self.loaded = load_model(s.model, self.device, self.dtype, s.checkpoint)
-        self.task = get_task(s.task or self.loaded.kind.default_task)
+        self.task = get_task(s.task or self.loaded.default_task)
         say(f"loading {self.task.name} data")
         self.dataset = self.task.load(self.loaded, s.data, s.seq_len, s.limit)
         self.shapes = self.loaded.shapes()

@@ -74,7 +74,8 @@ Task = typer.Option(None, "--task", "-t", metavar=one_of(args.task_names()),
                     help="What to score the model on.")
 Data = typer.Option(None, "--data", metavar="PATH", rich_help_panel=MODEL_DATA,
                     show_default="the hub",
-                    help="Local data: the wiki.test.raw file or the cifar-100-python folder.")
+                    help="Local data: the wiki.test.raw file or the cifar-100-python folder "
+                    "(digits takes none).")
 SeqLen = typer.Option(None, "--seq-len", metavar="N", rich_help_panel=MODEL_DATA,
                       show_default="2048", help="Tokens per perplexity window (at least 2).")
 Limit = typer.Option(None, "--limit", metavar="N", rich_help_panel=MODEL_DATA,

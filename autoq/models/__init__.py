@@ -32,6 +32,10 @@ class LoadedModel:
     tokenizer: Any = None          # LMs
     transform: Callable | None = None  # ViTs: the model's own eval transform
     arch: dict = field(default_factory=dict)       # what rebuilds the skeleton on reload
+    default_task: str = ""         # its usual task: the registry entry's, else the kind's
+
+    def __post_init__(self):
+        self.default_task = self.default_task or self.kind.default_task
 
     def units(self) -> dict:
         """Layer name -> autoq.layers.Unit: every quantizable matrix of the model."""
@@ -67,15 +71,17 @@ class ModelEntry:
     # (arg, checkpoint) -> the arg with local paths made absolute; raises a UserError for
     # what cannot load (a missing folder, bad kwargs, an unreachable hub); loads nothing
     check: Callable[[str, str | None], str] | None = None
+    default_task: str | None = None    # None: the kind's usual task
 
 
 MODELS: dict[str, ModelEntry] = {}
 
 
 def register(name: str, kind: str, summary: str, needs: str,
-             check: Callable[[str, str | None], str] | None = None):
+             check: Callable[[str, str | None], str] | None = None,
+             default_task: str | None = None):
     def deco(fn):
-        MODELS[name] = ModelEntry(name, kind, summary, needs, fn, check)
+        MODELS[name] = ModelEntry(name, kind, summary, needs, fn, check, default_task)
         return fn
     return deco
 
@@ -108,6 +114,7 @@ def load_model(spec: str, device: str | torch.device = "cpu", dtype: torch.dtype
     loaded = entry.loader(arg, device=torch.device(device), dtype=dtype or torch.float32,
                           checkpoint=checkpoint)
     loaded.spec = spec
+    loaded.default_task = entry.default_task or loaded.default_task
     loaded.model.eval().requires_grad_(False)
     loaded.heads = loaded.kind.heads(loaded.model)
     return loaded

@@ -1,4 +1,5 @@
-"""Image classifiers from timm: `deit` (DeiT-S, 100-way head) and `timm:<name>`.
+"""Image classifiers from timm: `digits-vit` (a small ViT trained on the digits, its
+weights shipped with autoq), `deit` (DeiT-S, 100-way head) and `timm:<name>`.
 
 `timm:<name>?key=value&...` passes keyword arguments to `timm.create_model`
 (for example `timm:vit_tiny_patch16_224?depth=2&img_size=32`). Values are ints,
@@ -18,6 +19,12 @@ from . import LoadedModel, register
 DEIT = "deit_small_patch16_224"
 DEIT_KWARGS: dict = {}  # architecture overrides (tests use a tiny stand-in here)
 NUM_CLASSES = 100
+# digits-vit: 16x16 RGB input, 4x4 patches (16 tokens + class token), 4 blocks of width
+# 128 (every block linear has in_features 128 or 512: group sizes 32, 64, 128 all fit)
+DIGITS_VIT = "vit_tiny_patch16_224"
+DIGITS_KWARGS = dict(img_size=16, patch_size=4, embed_dim=128, depth=4, num_heads=4,
+                     mlp_ratio=4, num_classes=10)
+DIGITS_WEIGHTS = Path(__file__).resolve().parent / "weights" / "digits-vit.pt"
 
 
 def _scalar(v: str):
@@ -190,6 +197,18 @@ def check_deit(_: str, checkpoint: str | None = None) -> str:
           check=check_deit)
 def deit(_: str, device, dtype, checkpoint=None) -> LoadedModel:
     return load_vit(DEIT, dict(DEIT_KWARGS), device, dtype, checkpoint, "--model deit")
+
+
+@register("digits-vit", "vit", "small ViT (4 blocks, width 128, 16x16 input) trained on "
+          "scikit-learn's 8x8 digits by scripts/train_digits_vit.py; usual task: digits",
+          "nothing: its weights ship with autoq (--checkpoint FILE: a retrained state dict)",
+          default_task="digits")
+def digits_vit(_: str, device, dtype, checkpoint=None) -> LoadedModel:
+    if checkpoint is None and not DIGITS_WEIGHTS.is_file():
+        raise UserError(f"digits-vit: its weights {DIGITS_WEIGHTS} are missing from this "
+                        "install; reinstall autoq or run scripts/train_digits_vit.py.")
+    return load_vit(DIGITS_VIT, dict(DIGITS_KWARGS), device, dtype,
+                    checkpoint or str(DIGITS_WEIGHTS))
 
 
 def check_timm(spec: str, checkpoint: str | None = None) -> str:

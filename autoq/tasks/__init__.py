@@ -98,4 +98,4 @@ def get_task(name: str) -> Task:
     return Task(spec["name"], spec["model_kind"], spec["metric"], spec)
 
 
-from . import cifar100, wikitext2  # noqa: E402,F401  (registers the scorers)
+from . import cifar100, digits, wikitext2  # noqa: E402,F401  (registers the scorers)
