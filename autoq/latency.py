@@ -135,11 +135,14 @@ class LatencyModel:
     def for_model(cls, loaded, options: Iterable[LayerConfig | None], backend: str = "hqq",
                   cache_dir: str | Path | None = None,
                   progress: Callable[[str], None] | None = None,
-                  speed_kwargs: Mapping | None = None) -> "LatencyModel":
+                  speed_kwargs: Mapping | None = None,
+                  only: Mapping[str, LayerConfig | None] | None = None) -> "LatencyModel":
         """Measure (or read from the cache) every (shape, option) the search may use,
         plus the rest term (`speed_kwargs`: the protocol of autoq.speed to measure it
         with, e.g. {"new_tokens": 8}), timed on the unquantized model (the plan applied
-        before is applied again afterwards)."""
+        before is applied again afterwards). `only` (a resolved plan): measure just the
+        (shape, option) pairs it uses, besides the unquantized layers; the model then
+        predicts that plan (and fewer), not every plan over `options`."""
         speed_kwargs = dict(speed_kwargs or {})
         device, dtype = loaded.device, loaded.dtype
         backend = require_backend(backend, device)
@@ -147,11 +150,15 @@ class LatencyModel:
         lead, mode = loaded.kind.serving_lead(loaded), timing_mode(loaded, speed_kwargs)
         cache = TableCache(cache_dir, device, dtype, backend)
         configs = {None, *options}
+        used = None if only is None else {(shapes[n], c) for n, c in only.items()
+                                          if c is not None and n in shapes}
         todo: dict[str, tuple] = {}
         for (fin, fout), op in sorted({(shapes[n], ops[n][0]) for n in shapes}):
             for cfg in configs:
                 if cfg is not None and cfg.problem(fin, fout):
                     continue  # HQQ cannot quantize this shape with cfg: never planned
+                if cfg is not None and used is not None and ((fin, fout), cfg) not in used:
+                    continue
                 served = served_by(cfg, fin, fout, backend) if op == MATMUL else \
                     ("fp" if cfg is None else "hqq")
                 key = layer_key(fin, fout, cfg, served, lead if op == MATMUL else (1,), mode, op)

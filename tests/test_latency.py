@@ -1,8 +1,8 @@
-"""Latency model (arithmetic, micro-benchmarks, cache), the decode engines, the GPU bench."""
+"""Latency model (arithmetic, micro-benchmarks, cache) and the decode engines (the GPU check
+that measures them on a GPU: tests/test_gpu_check.py)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 
@@ -139,6 +139,23 @@ def test_for_model_measures_each_pair_once_and_caches(tiny_llama_dir, tmp_path, 
     assert fresh.rest_seconds == pytest.approx(1.0 - 1e-4 * len(shapes) - 1e-5)
 
 
+def test_for_model_only_measures_the_pairs_a_plan_uses(tiny_llama_dir, monkeypatch):
+    loaded = tiny_lm(tiny_llama_dir)
+    shapes = loaded.shapes()
+    q, other = LayerConfig(4, 32), LayerConfig(8, 32)
+    first = next(iter(shapes))
+    plan = {n: (q if n == first else None) for n in shapes}
+    measured = []
+    monkeypatch.setattr(latency, "bench_layer", lambda *a, **k: measured.append(a[:4]) or 1e-4)
+    monkeypatch.setattr(type(loaded.kind), "seconds", lambda *a, **k: 1.0)
+    lat = LatencyModel.for_model(loaded, [q, other], "hqq", None, only=plan)
+    want = {(fi, fo, None, "fp") for fi, fo in set(shapes.values())} | {(*shapes[first], q, "hqq")}
+    assert sorted(measured, key=str) == sorted(want, key=str)  # each once, nothing else
+    assert lat.predict(plan) == pytest.approx(1.0)  # fp time: the same 1e-4 per layer
+    with pytest.raises(KeyError):
+        lat.predict({first: other})  # 8:32 was not in the plan: not measured
+
+
 def test_for_model_vit_uses_image_tokens(tiny_vit_checkpoint, monkeypatch):
     spec, path = tiny_vit_checkpoint
     loaded = load_model(f"timm:{spec}", CPU, torch.float32, str(path))
@@ -188,6 +205,27 @@ def test_static_decoder_matches_generate():
     assert torch.equal(tokens, ref[:, ids.shape[1]:])
 
 
+@pytest.mark.parametrize("cfg", [None, LayerConfig(4, 32), LayerConfig(3, 32)])
+def test_a_decode_step_reads_nothing_back_to_the_host(cfg, monkeypatch):
+    """What the `graphs` engine captures must not read a tensor's value in Python (on a
+    GPU, a sync: CUDA-graph capture fails on it, or bakes the value in): the static
+    cache keeps its position in a device tensor."""
+    loaded = lively_lm()
+    quantize_(loaded.model, {n: cfg for n in loaded.shapes()}, device=CPU, dtype=torch.float32)
+    dec = speed.StaticDecoder(loaded, 4, "eager")
+    tok = dec._prefill()
+    reads = []
+    for name in ("item", "tolist", "__bool__", "__int__", "__float__", "__index__", "numpy"):
+        real = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name, lambda self, *a, _n=name, _f=real, **k:
+                            reads.append(_n) or _f(self, *a, **k))
+    with torch.inference_mode():
+        dec._step(tok)
+        dec._step(tok)
+    monkeypatch.undo()
+    assert reads == []
+
+
 def test_lm_decode_falls_back_and_says_why(monkeypatch):
     def broken(*a):
         raise RuntimeError("inductor is not available\nmore")
@@ -199,45 +237,3 @@ def test_lm_decode_falls_back_and_says_why(monkeypatch):
     assert reasons["compiled"] == "RuntimeError: inductor is not available"
     assert list(reasons) == ["compiled", "graphs"]  # CUDA graphs need CUDA: next engine
     assert "engine static" in out["speed_protocol"]
-
-
-# ---- the GPU bench, tiny, on CPU -----------------------------------------------------
-def test_gpu_bench_tiny_runs_on_cpu(tmp_path):
-    from autoq.resources import ROOT
-
-    spec = importlib.util.spec_from_file_location("gpu_bench", ROOT / "scripts/gpu_bench.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: one thread is faster, and the device name says so
-    try:
-        assert bench.main(["--tiny", "--out", str(tmp_path), "--quiet"]) == 0
-        summary = json.loads((tmp_path / "summary.json").read_text())
-        # a re-run skips the parts already measured and rebuilds the same summary
-        bench.run_plans = lambda *a, **k: pytest.fail("measured again")
-        assert bench.main(["--tiny", "--out", str(tmp_path), "--quiet"]) == 0
-        assert json.loads((tmp_path / "summary.json").read_text()) == summary
-    finally:
-        torch.set_num_threads(threads)
-    s = json.loads((tmp_path / "summary.json").read_text())
-    rows = json.loads((tmp_path / "plans.json").read_text())
-    for key in ("device", "fp16_tokens_per_s", "quantized_tokens_per_s",
-                "quantized_bits_per_weight", "predicted_vs_measured_error",
-                "search_100_trials_minutes"):
-        assert key in s
-    assert s["tiny"] and s["search_100_trials_minutes"] is None and s["search_note"]
-    assert s["quantized_bits_per_weight"] <= 4.5
-    assert s["predicted_vs_measured_plans"] >= 8
-    lm = [r for r in rows if "tokens_per_s" in r]
-    assert {r["plan"] for r in lm} == set(bench.LM_PLANS)
-    heads = [name for name, make in bench.LM_PLANS.items()
-             if make({"lm_head": (128, 512)}, {"lm_head"}, 4)["lm_head"] is not None]
-    assert heads  # at least one mixed plan quantizes lm_head
-    assert s["predicted_vs_measured_error"] == max(r["predicted_error"] for r in lm)
-    vit = [r for r in rows if "images_per_s_b1" in r]
-    assert {r["plan"] for r in vit} == set(bench.VIT_PLANS) and all("images_per_s_b8" in r
-                                                                   for r in vit)
-    md = (tmp_path / "plans.md").read_text()
-    assert md.count("\n") == 2 + len(rows)
-    assert s["backends"] == ["hqq"] and "gemlite" in s["skipped_backends"]
-
