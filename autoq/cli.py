@@ -110,7 +110,7 @@ def eval(model: Optional[str] = Model(None, "the plan's model, else smollm2"),
                                                "the embeddings and routers, e.g. 4:64 (4:row: "
                                                "whole rows); a layer that cannot take it is "
                                                "skipped and named."),
-         whole_model: bool = typer.Option(False, "--whole-model", rich_help_panel=QUANT,
+         whole_model: bool = typer.Option(False, "--whole-model", metavar="", rich_help_panel=QUANT,
                                           help="With --uniform: also the head and the "
                                           "embeddings (a tied pair as one tensor)."),
          plan: Optional[Path] = typer.Option(None, "--plan", metavar="FILE",

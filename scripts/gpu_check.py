@@ -144,7 +144,7 @@ def mixed_plan_json(model: str, blocks: int) -> dict:
 EMBEDDING = {"model.embed_tokens": {"nbits": 4, "group_size": 64}}
 
 
-def with_embedding(obj: dict, shapes, heads) -> tuple[dict, dict]:
+def with_embedding(obj: dict, shapes, keep) -> tuple[dict, dict]:
     """The plan with the embedding quantized too when this autoq's plans validate such an
     entry against the model (the capability check); else the plan as it was, and why."""
     from autoq.errors import UserError
@@ -152,7 +152,7 @@ def with_embedding(obj: dict, shapes, heads) -> tuple[dict, dict]:
 
     trial = {**obj, "layers": {**obj["layers"], **EMBEDDING}}
     try:
-        Plan.from_json(trial, "mixed plan").resolve(shapes, heads, "mixed plan")
+        Plan.from_json(trial, "mixed plan").resolve(shapes, keep, "mixed plan")
     except UserError as e:
         return obj, {"quantized": False, "why": str(e)}
     return trial, {"quantized": True}
@@ -168,15 +168,15 @@ def lm_plans(loaded, name: str) -> list[tuple[str, dict, dict]]:
     first after fp16: it is what the budget must not cut)."""
     from autoq.plan import LayerConfig, Plan, uniform_plan
 
-    shapes, heads = loaded.shapes(), loaded.heads
+    shapes, keep = loaded.shapes(), loaded.keep()
     blocks = loaded.model.config.num_hidden_layers
-    obj, embedding = with_embedding(mixed_plan_json(name, blocks), shapes, heads)
+    obj, embedding = with_embedding(mixed_plan_json(name, blocks), shapes, keep)
     out = [(fp_label(loaded.dtype), {n: None for n in shapes}, {}),
-           (MIXED, Plan.from_json(obj).resolve(shapes, heads), {"embedding": embedding})]
+           (MIXED, Plan.from_json(obj).resolve(shapes, keep), {"embedding": embedding})]
     for label, cfg in (("u4 (4:64)", "4:64"), ("u8 (8:64)", "8:64"),
                        ("u3 (3:64, fallback)", "3:64")):
-        plan = uniform_plan(name, LayerConfig.parse(cfg), shapes, heads)
-        out.append((label, plan.resolve(shapes, heads), {}))
+        plan = uniform_plan(name, LayerConfig.parse(cfg), shapes, keep)
+        out.append((label, plan.resolve(shapes, keep), {}))
     return out
 
 

@@ -67,7 +67,7 @@ BAD = [
      "task cifar100 needs an image classifier (ViT), but '{llama}' is a causal language "
      "model; pick a matching --model or --task."),
     ("unknown task", "eval -m {llama} --task imagenet",
-     "unknown task 'imagenet'; use one of cifar100, wikitext2."),
+     "unknown task 'imagenet'; use one of cifar100, digits, wikitext2."),
     ("missing data", "eval -m {llama} --data {dir}/nope.raw", "--data {dir}/nope.raw: no such file."),
     ("data is a folder", "eval -m {llama} --data {dir}", "--data {dir}: expected a file."),
     ("data is a file", "eval -m " + TINY + "&pretrained=false --data {text}",
@@ -81,7 +81,7 @@ BAD = [
     ("missing plan", "eval --plan {dir}/nope.json",
      "{dir}/nope.json: no such plan file; give the path of a plan JSON."),
     ("unknown model", "eval -m lama",
-     "unknown model 'lama'; use one of deit, hf:, llama, smollm2, timm: (see `autoq models`)."),
+     "unknown model 'lama'; use one of deit, digits-vit, hf:, llama, smollm2, timm: (see `autoq models`)."),
     ("missing model folder", "eval -m hf:./no/such/dir",
      "--model hf:./no/such/dir: ./no/such/dir is not a folder; give a folder with config.json "
      "and weights, or a hub id such as HuggingFaceTB/SmolLM2-135M."),
@@ -111,7 +111,7 @@ BAD = [
      "--trial-speed 'fast' is not one of predicted, measured."),
     ("missing space", "search -m {llama} --target-ppl 10 --space {dir}/nope.yaml",
      "--space {dir}/nope.yaml: no such file or shipped space; use a YAML path or one of "
-     "llama-grouped, llama-per-layer, vit-grouped, vit-per-layer."),
+     "lm-grouped, lm-per-layer, vit-grouped, vit-per-layer."),
     ("broken space", "search -m {llama} --target-ppl 10 --space {file}",
      "{file}: a search space must be a mapping with format, options and groups."),
     ("storage scheme", "search -m {llama} --target-ppl 10 --storage foo://x",
