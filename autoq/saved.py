@@ -106,7 +106,9 @@ def round_to_storage_(model: nn.Module, dtype: torch.dtype) -> None:
     for layer in installed(model).values():
         round_(layer.bias)
     for module in model.modules():
-        for t in [*module._parameters.values(), *module._buffers.values()]:
+        saved = [b for k, b in module._buffers.items()
+                 if k not in module._non_persistent_buffers_set]  # the others are rebuilt
+        for t in [*module._parameters.values(), *saved]:
             round_(t)
         for value in module.__dict__.values():
             if isinstance(value, ExpertWeights):
