@@ -86,9 +86,9 @@ def apply_plan(plan_path: str | Path, s: EvalSettings = EvalSettings(), *,
                                              - reference).abs().max().item()
         if task is not None:
             progress.say(f"evaluating the reloaded model on {task.name}")
-            value = task.score(back, dataset)
-            result[task.metric] = value
-            plan.metrics[task.metric] = value
+            scores = task.score(back, dataset)
+            result.update(scores)
+            plan.metrics["saved_model"] = {**scores, "protocol": task.protocol(dataset)}
             plan.save(folder / "plan.json")
 
     saved.save(loaded, plan, out, overwrite=force, verify=verify)

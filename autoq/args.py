@@ -27,6 +27,7 @@ DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 DEFAULT_TASKS = {"lm": "wikitext2", "vit": "cifar100"}  # = autoq.kinds.KINDS[k].default_task
 KIND_WORDS = {"lm": "a causal language model", "vit": "an image classifier (ViT)"}
 METRIC_FLAGS = {"ppl": "--target-ppl", "accuracy": "--target-acc"}
+SPLITS = ("search", "report")   # = autoq.tasks.SPLITS
 
 
 # ---- tasks (their YAML only; the scorers import torch) -----------------------------------
@@ -48,16 +49,17 @@ def check_task_fits(spec: dict, model: str, kind: str) -> None:
                         f"{model!r} is {KIND_WORDS[kind]}; pick a matching --model or --task.")
 
 
-def check_data_path(data: str | None, want_dir: bool | None) -> Path | None:
+def check_data_path(data: str | None, want_dir: bool | None,
+                    flag: str = "--data") -> Path | None:
     """`--data` exists, and is a folder or a file as the task reads it (None: either)."""
     if data is None:
         return None
     p = Path(data)
     kind = {True: "folder", False: "file", None: "file or folder"}[want_dir]
     if not p.exists():
-        raise UserError(f"--data {data}: no such {kind}.")
+        raise UserError(f"{flag} {data}: no such {kind}.")
     if want_dir is not None and want_dir != p.is_dir():
-        raise UserError(f"--data {data}: expected a {kind}.")
+        raise UserError(f"{flag} {data}: expected a {kind}.")
     return p
 
 
@@ -107,6 +109,9 @@ def target(flag: str, text: str | None) -> float | None:
     if flag == "--target-acc" and not 0 < value <= 1:
         raise UserError(f"--target-acc {text} must be an accuracy in (0, 1] (e.g. 0.9), or "
                         "none to map the whole trade-off.")
+    if flag == "--target-kld" and not value > 0:
+        raise UserError(f"--target-kld {text} must be a KL divergence above 0 (e.g. 0.05 "
+                        "nats), or none to map the whole trade-off.")
     return value
 
 
@@ -160,18 +165,34 @@ def plan_or_uniform(plan: Path | None, uniform: str | None) -> tuple[Plan | None
 
 
 # ---- search ------------------------------------------------------------------------------
-def search_target(metric: str, task: str, target_ppl: str | None,
-                  target_acc: str | None) -> float | None:
-    """Exactly one of the two flags, the task's own, in its metric's range (or none)."""
-    if (target_ppl is None) == (target_acc is None):
-        raise UserError("give exactly one quality target: --target-ppl X or --target-acc Y "
-                        "(X or Y may be none, to map the whole trade-off).")
-    flag, text = ("--target-ppl", target_ppl) if target_ppl is not None else \
-        ("--target-acc", target_acc)
+def search_target(metric: str, task: str, target_ppl: str | None, target_acc: str | None,
+                  target_kld: str | None = None) -> tuple[str, float | None]:
+    """(the target's metric, its value): exactly one of the flags, the task's own or KL
+    (every task measures KL), in its metric's range (or none)."""
+    given = [(f, t) for f, t in (("--target-ppl", target_ppl), ("--target-acc", target_acc),
+                                 ("--target-kld", target_kld)) if t is not None]
+    if len(given) != 1:
+        raise UserError("give exactly one quality target: --target-ppl X, --target-acc Y or "
+                        "--target-kld Z (each may be none, to map the whole trade-off).")
+    flag, text = given[0]
     value = target(flag, text)
+    if flag == "--target-kld":
+        return "kld", value
     if METRIC_FLAGS[metric] != flag:
-        raise UserError(f"task {task} measures {metric}; give {METRIC_FLAGS[metric]}.")
-    return value
+        raise UserError(f"task {task} measures {metric} (and kld); give {METRIC_FLAGS[metric]} "
+                        "or --target-kld.")
+    return metric, value
+
+
+def report_inputs(spec: dict, report_data: str | None, report_limit: int | None) -> str | None:
+    """--report-data (checked like --data; absolute) and --report-limit."""
+    at_least("--report-limit", report_limit, 1, "window or image")
+    if spec.get("data_path") == "none" and report_data is not None:
+        raise UserError(f"--report-data {report_data}: task {spec['name']} takes no data "
+                        "files; leave it out.")
+    want_dir = {"file": False, "folder": True}.get(spec.get("data_path"))
+    path = check_data_path(report_data, want_dir, "--report-data")
+    return str(path.resolve()) if path else None
 
 
 def search_budget(trials: int, timeout: float | None, max_size_mib: float | None,

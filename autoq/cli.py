@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -91,12 +92,14 @@ def models(as_json: bool = Json, quiet: bool = Quiet):
     Console(width=160).print(table)
 
 
-def eval_settings(inp: args.Inputs, task, seq_len, limit, device, dtype, cache_dir, backend):
+def eval_settings(inp: args.Inputs, task, seq_len, limit, device, dtype, cache_dir, backend,
+                  report_data=None, report_limit=None):
     from .evaluate import EvalSettings
 
     return EvalSettings(model=inp.model, task=task, data=inp.data, seq_len=seq_len, limit=limit,
                         checkpoint=inp.checkpoint, device=device, dtype=dtype,
-                        cache_dir=cache_dir, backend=backend)
+                        cache_dir=cache_dir, backend=backend, report_data=report_data,
+                        report_limit=report_limit)
 
 
 @command
@@ -116,9 +119,17 @@ def eval(model: Optional[str] = Model(None, "the plan's model, else smollm2"),
          plan: Optional[Path] = typer.Option(None, "--plan", metavar="FILE",
                                              rich_help_panel=QUANT,
                                              help="A plan file (autoq.plan/1)."),
+         split: str = typer.Option("search", "--split", metavar=one_of(args.SPLITS),
+                                   rich_help_panel=MODEL_DATA,
+                                   help="Which split of the task to score (--data is its data): "
+                                   "the one searches choose on, or the one they report on."),
+         kld: bool = typer.Option(False, "--kld", metavar="", rich_help_panel=MODEL_DATA,
+                                  help="Also measure the KL divergence from the unquantized "
+                                  "model (one more pass of it over the data)."),
          device: str = Device, dtype: str = Dtype, backend: str = Backend,
          cache_dir: Optional[str] = CacheDir, as_json: bool = Json, quiet: bool = Quiet):
     """Evaluate a model (unquantized, uniform, or from a plan): quality, exact size, speed."""
+    args.choice("--split", split, args.SPLITS)
     the_plan, cfg = args.plan_or_uniform(plan, uniform)
     model = model or (the_plan.model if the_plan else DEFAULT_MODEL)
     checkpoint = checkpoint or (the_plan.extra.get("checkpoint") if the_plan else None)
@@ -128,7 +139,13 @@ def eval(model: Optional[str] = Model(None, "the plan's model, else smollm2"),
     from .evaluate import Evaluator
     from .plan import uniform_plan
 
-    ev = Evaluator(eval_settings(inp, task, seq_len, limit, device, dtype, cache_dir, backend))
+    settings = eval_settings(inp, task, seq_len, limit, device, dtype, cache_dir, backend)
+    if split == "report":  # --data and --limit are the report split's
+        settings = replace(settings, data=None, limit=None, report_data=settings.data,
+                           report_limit=settings.limit)
+    ev = Evaluator(settings)
+    if kld:
+        ev.use_reference(ev.measure_reference(split)[0], split)
     keep = ev.loaded.keep()
     if cfg is not None:
         keep = {n: why for n, why in keep.items() if not whole_model or why == "a router"}
@@ -138,7 +155,7 @@ def eval(model: Optional[str] = Model(None, "the plan's model, else smollm2"),
     skipped = the_plan.extra.get("skipped", {}) if the_plan else {}
     for name, why in skipped.items():
         progress.say(f"--uniform {uniform}: {name} skipped ({why})")
-    metrics = ev.run(resolved)
+    metrics = ev.run(resolved, split=split)
     metrics.pop("units")  # per-window / per-image values: for a search, not for a user
     cov = ev.coverage(resolved, {**keep, **{n: f"cannot take {uniform}" for n in skipped}})
     result = {"model": model, "task": ev.task.name,
@@ -187,6 +204,17 @@ def search(model: str = Model(), task: Optional[str] = Task, data: Optional[str]
            target_ppl: Optional[str] = target_option("--target-ppl", "perplexity at most X (> 1)"),
            target_acc: Optional[str] = target_option("--target-acc",
                                                      "top-1 accuracy at least X (0-1]"),
+           target_kld: Optional[str] = target_option(
+               "--target-kld", "mean KL divergence from the unquantized model at most X "
+               "(nats per token / image)"),
+           report_data: Optional[str] = typer.Option(
+               None, "--report-data", metavar="PATH", rich_help_panel=MODEL_DATA,
+               show_default="the task's report split",
+               help="The report split's data (e.g. wiki.test.raw): the front and best.json are "
+               "scored on it in full at the end; --data is the search split."),
+           report_limit: Optional[int] = typer.Option(
+               None, "--report-limit", metavar="N", rich_help_panel=MODEL_DATA,
+               show_default="all", help="Use only the first N units of the report split."),
            max_size_mib: Optional[float] = typer.Option(
                None, "--max-size-mib", metavar="MIB", rich_help_panel=TARGET,
                help="Also require size <= MIB."),
@@ -253,7 +281,9 @@ def search(model: str = Model(), task: Optional[str] = Task, data: Optional[str]
     prior_trials = prior_trials if prior_trials is not None else old_seeds
     inp = args.inputs(model, task, data, seq_len, limit, checkpoint, device, dtype, backend,
                       cache_dir)
-    target = args.search_target(inp.task["metric"], inp.task["name"], target_ppl, target_acc)
+    metric, target = args.search_target(inp.task["metric"], inp.task["name"], target_ppl,
+                                        target_acc, target_kld)
+    report_data = args.report_inputs(inp.task, report_data, report_limit)
     args.search_budget(trials, timeout, max_size_mib, prior_trials, measure_front)
     args.search_setup(space, storage, out, sampler, trial_speed)
     import optuna
@@ -264,8 +294,9 @@ def search(model: str = Model(), task: Optional[str] = Task, data: Optional[str]
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     settings = SearchSettings(
         eval=eval_settings(inp, task, seq_len, limit, device, dtype,
-                           cache_dir or str(out / "layer-cache"), backend),
-        target=target, metric=inp.task["metric"], trials=trials, max_size_mib=max_size_mib,
+                           cache_dir or str(out / "layer-cache"), backend, report_data,
+                           report_limit),
+        target=target, metric=metric, trials=trials, max_size_mib=max_size_mib,
         timeout=timeout, space=space, study=study, storage=storage, out=str(out), seed=seed,
         prior_trials=prior_trials, trial_speed=trial_speed, prune=prune, sampler=sampler,
         measure_front=measure_front, all_options=all_options, model_as_typed=model)

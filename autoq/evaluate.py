@@ -2,7 +2,10 @@
 
 `autoq eval` runs it once; `autoq search` keeps one Evaluator for the whole
 study, so the model, the tokenized data and the quantized-layer cache are
-shared by every trial.
+shared by every trial. A task has two splits: configs are scored on the *search*
+split (`--data`), and a search reports its chosen configs on the *report* split
+(`--report-data`), loaded when first asked for. With the fp model's reference
+distributions of a split (autoq.kld) every evaluation also measures the KL.
 """
 
 from __future__ import annotations
@@ -35,6 +38,21 @@ class EvalSettings:
     dtype: str = "auto"
     cache_dir: str | None = None     # on-disk layer cache (None: memory only)
     backend: str = "auto"            # serving kernels: auto (gemlite on CUDA), gemlite, hqq
+    report_data: str | None = None   # the report split's data (None: the task's own)
+    report_limit: int | None = None  # first N units of the report split (None: all)
+
+
+@dataclass
+class Split:
+    """One split of the task's data as scored: the units in a fixed shuffled order (so
+    that the units seen first are a random sample of all of them: a search may stop
+    after part of the data, see autoq.estimate), and the fp reference for KL."""
+    name: str
+    dataset: object
+    shuffled: object
+    protocol: str
+    total: int
+    reference: dict | None = None
 
 
 class Evaluator:
@@ -46,26 +64,58 @@ class Evaluator:
         say(f"loading model {s.model} on {self.device} ({str(self.dtype).removeprefix('torch.')})")
         self.loaded = load_model(s.model, self.device, self.dtype, s.checkpoint)
         self.task = get_task(s.task or self.loaded.default_task)
-        say(f"loading {self.task.name} data")
-        self.dataset = self.task.load(self.loaded, s.data, s.seq_len, s.limit)
+        self.splits: dict[str, Split] = {}
         self.shapes = self.loaded.shapes()
-        # scoring order: a fixed shuffle, so that the units seen first are a random sample
-        # of all of them (a search may stop after part of the data; see autoq.estimate)
-        order = list(range(self.total))
-        random.Random(0).shuffle(order)
-        self.shuffled = self.task.take(self.dataset, order)
         self.cache = LayerCache(s.cache_dir)
         # A search on CPU scores trials from dequantized weights (see quantize.Dequantized)
         self.fast_scoring = False
 
+    def split(self, name: str) -> Split:
+        """The split `name` ("search" or "report"), loaded once."""
+        if name not in self.splits:
+            s = self.settings
+            data, limit = (s.data, s.limit) if name == "search" else \
+                (s.report_data if s.report_data is not None else s.data, s.report_limit)
+            say(f"loading {self.task.name} data ({name} split)")
+            dataset = self.task.load(self.loaded, data, s.seq_len, limit, name)
+            total = self.task.count(dataset)
+            order = list(range(total))
+            random.Random(0).shuffle(order)
+            self.splits[name] = Split(name, dataset, self.task.take(dataset, order),
+                                      self.task.protocol(dataset), total)
+        return self.splits[name]
+
+    def calibration(self, n: int) -> str:
+        """A split of the search split's first `n` units, with its reference (one-shot
+        measurements on a few units); returns its name."""
+        name = f"calibration-{n}"
+        if name not in self.splits:
+            sp = self.search
+            subset = self.task.take(sp.dataset, range(min(n, sp.total)))
+            total = self.task.count(subset)
+            reference = None if sp.reference is None else \
+                {u: sp.reference[u] for u in subset.index}
+            self.splits[name] = Split(name, subset, subset, self.task.protocol(subset), total,
+                                      reference)
+        return name
+
+    @property
+    def search(self) -> Split:
+        return self.split("search")
+
+    @property
+    def dataset(self):
+        return self.search.dataset
+
     @property
     def protocol(self) -> str:
-        return self.task.protocol(self.dataset)
+        """The search split's protocol."""
+        return self.search.protocol
 
     @property
     def total(self) -> int:
-        """How many units (windows, images) the data has."""
-        return self.task.count(self.dataset)
+        """How many units (windows, images) the search split has."""
+        return self.search.total
 
     def resolve(self, plan: Plan, source: str = "plan") -> dict[str, LayerConfig | None]:
         return plan.resolve(self.shapes, self.loaded.keep(), source)
@@ -101,45 +151,68 @@ class Evaluator:
 
     def run(self, resolved: Mapping[str, LayerConfig | None], *, speed: bool = True,
             check_every: int | None = None,
-            stop: Callable[[list[float]], bool] | None = None,
-            done: list[float] | None = None) -> dict:
-        """Quantize per `resolved`, then score. Every `check_every` units (and once
-        before the first), `stop(units so far)` may end the scoring early: the
-        metric is then on the part seen, `fraction` < 1. The per-unit values are
-        returned under `units`, in scoring order (the same fixed shuffle every time).
+            stop: Callable[[dict[str, list[float]]], bool] | None = None,
+            done: Mapping[str, list[float]] | None = None, split: str = "search",
+            capture: dict | None = None) -> dict:
+        """Quantize per `resolved`, then score the split. Every `check_every` units (and
+        once before the first), `stop(units so far)` may end the scoring early: the
+        metrics are then on the part seen, `fraction` < 1. The per-unit values are
+        returned under `units` (metric -> values), in scoring order (the same fixed
+        shuffle every time); "kld" is measured when the split has a reference.
         `done`: the first units of this same config, scored before: only the rest is
-        scored (each window / image is scored on its own, so the result is the same)."""
+        scored (each unit is scored on its own, so the result is the same). `capture`
+        collects this model's own top-k per unit (for the fp model: the reference)."""
+        sp = self.split(split)
         size, served = self.serve(resolved)
         t = time.perf_counter()
         fast = self.fast_scoring and self.backend == "hqq"
         if fast:  # score from once-dequantized weights: same outputs, no per-call unpacking
             self.apply(resolved, fast=True)
-        total, seen = self.total, list(done or [])
-        rest = self.task.take(self.shuffled, range(len(seen), total))
+        names = [self.task.metric] + (["kld"] if sp.reference is not None else [])
+        seen = {m: list((done or {}).get(m, ())) for m in names}
+        start = min(len(v) for v in seen.values())
+        seen = {m: v[:start] for m, v in seen.items()}
+        rest = self.task.take(sp.shuffled, range(start, sp.total))
         try:
-            if len(seen) < total and (stop is None or not stop(seen)):
-                for value in self.task.units(self.loaded, rest):
-                    seen.append(value)
-                    if stop is not None and check_every and len(seen) % check_every == 0 \
-                            and len(seen) < total and stop(seen):
+            if start < sp.total and (stop is None or not stop(seen)):
+                for row in self.task.units(self.loaded, rest, sp.reference, capture):
+                    for m in names:
+                        seen[m].append(row[m])
+                    n = len(seen[self.task.metric])
+                    if stop is not None and check_every and n % check_every == 0 \
+                            and n < sp.total and stop(seen):
                         break
         finally:
             if fast:
                 self.apply(resolved)  # back to the HQQ layers (for speed, saving)
-        value = self.task.metric_of(seen) if seen else float("nan")
-        out = {self.task.metric: value, "size_mib": size.size_mib,
-               "memory_mib": size.memory_mib, "bits_per_weight": size.bits_per_weight,
-               "model_bits_per_weight": size.model_bits_per_weight,
-               "quantized_layers": sum(c is not None for c in resolved.values()),
-               **served,
-               "eval_seconds": time.perf_counter() - t, "fraction": len(seen) / total,
-               "units": seen}
+        n = len(seen[self.task.metric])
+        out = {m: (self.task.metric_of(v, m) if v else float("nan")) for m, v in seen.items()}
+        out.update({"size_mib": size.size_mib, "memory_mib": size.memory_mib,
+                    "bits_per_weight": size.bits_per_weight,
+                    "model_bits_per_weight": size.model_bits_per_weight,
+                    "quantized_layers": sum(c is not None for c in resolved.values()),
+                    **served, "eval_seconds": time.perf_counter() - t,
+                    "fraction": n / sp.total, "units": seen})
         if speed:
             out.update(self.speed(size))
-        out["protocol"] = self.protocol
+        out["protocol"] = sp.protocol
         out["device"] = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" \
             else "cpu"
         return out
+
+    def measure_reference(self, split: str = "search") -> tuple[dict, dict]:
+        """One pass of the unquantized model over a split, keeping its distributions:
+        (the reference for KL (autoq.kld), the fp metrics with their units)."""
+        reference: dict = {}
+        self.split(split).reference = None
+        say(f"scoring the unquantized model on the {split} split (the reference for KL)")
+        metrics = self.run({n: None for n in self.shapes}, speed=False, split=split,
+                           capture=reference)
+        return reference, metrics
+
+    def use_reference(self, reference: dict, split: str = "search") -> None:
+        """Measure KL from now on, against `reference`, on that split."""
+        self.split(split).reference = reference
 
     def speed(self, size: Size) -> dict:
         """The measured speed of the model as it is now (tokens/s or images/s)."""

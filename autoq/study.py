@@ -38,6 +38,8 @@ INFO = "autoq:study"                # the study.json object
 BASELINES = "autoq:baselines"       # label ("fp", "4:64") -> metrics of the reference points
 RESCORED = "autoq:rescored"         # trial number -> full-data metrics and units (front configs)
 FRONT_SPEED = "autoq:front_speed"   # trial number -> re-measured speed of a front config
+REPORT = "autoq:report"             # trial number -> a front config's report-split metrics
+ONESHOT = "autoq:oneshot"           # the one-shot reference plans and their metrics
 PRIOR_ENQUEUED = "autoq:prior_enqueued"  # how many prior (knapsack) configs were enqueued
 # trial user attrs
 ORIGIN = "autoq:origin"             # "prior", "sampler" (or "uniform" in reports)

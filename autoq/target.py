@@ -14,7 +14,7 @@ from typing import Mapping
 
 @dataclass(frozen=True)
 class Target:
-    metric: str                       # "ppl" or "accuracy"
+    metric: str                       # "ppl", "accuracy" or "kld"
     value: float | None               # None: no quality target (map the trade-off)
     higher_is_better: bool = False
     max_size_mib: float | None = None
@@ -53,10 +53,12 @@ class Target:
 
     def loss(self, value: float | None, fp: float) -> float | None:
         """Quality loss against the unquantized model, in the units the sensitivity
-        model predicts: log(ppl / fp ppl), or the accuracy drop."""
+        model predicts: log(ppl / fp ppl), the accuracy drop, or the KL itself (fp's is 0)."""
         if value is None or not math.isfinite(value) or (self.metric == "ppl" and value <= 0):
             return None
-        return math.log(value / fp) if self.metric == "ppl" else fp - value
+        if self.metric == "ppl":
+            return math.log(value / fp)
+        return fp - value if self.higher_is_better else value - fp
 
     def decide(self, interval: tuple[float, float]) -> str | None:
         """'feasible' when the whole (low, high) interval reaches the target,
@@ -74,5 +76,6 @@ class Target:
     def text(self) -> str:
         if self.value is None:
             return "no target"
-        value = f"{self.value:.1%}" if self.metric == "accuracy" else f"{self.value:.2f}"
+        value = f"{self.value:.1%}" if self.metric == "accuracy" else \
+            f"{self.value:.4g}" if self.metric == "kld" else f"{self.value:.2f}"
         return f"{self.metric} {'≥' if self.higher_is_better else '≤'} {value}"

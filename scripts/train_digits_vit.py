@@ -19,12 +19,14 @@ import math
 import platform
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
 from autoq.models.vit import DIGITS_KWARGS, DIGITS_VIT, DIGITS_WEIGHTS, eval_transform
 from autoq.tasks import get_task
-from autoq.tasks.digits import read
+
+from autoq.tasks import digits
 
 
 def shifted(x: torch.Tensor, g: torch.Generator, pixels: int) -> torch.Tensor:
@@ -60,8 +62,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(True)
     model = timm.create_model(DIGITS_VIT, pretrained=False, **DIGITS_KWARGS)
-    transform, seed = eval_transform(model), int(get_task("digits").spec["seed"])
-    train, search, report = (read(s, transform, seed) for s in ("train", "search", "report"))
+    task, stand_in = get_task("digits"), SimpleNamespace(transform=eval_transform(model))
+    train, search, report = (digits.load(task, stand_in, None, None, None, s)
+                             for s in ("train", "search", "report"))
     x, y = torch.stack(train.images), torch.tensor(train.labels)
     shift = DIGITS_KWARGS["img_size"] // 8  # one source pixel
     steps = args.epochs * math.ceil(len(y) / args.batch)

@@ -45,13 +45,18 @@ BAD = [
      "--target-acc 1.5 must be an accuracy in (0, 1] (e.g. 0.9), or none to map the whole "
      "trade-off."),
     ("no target", "search -m {llama}",
-     "give exactly one quality target: --target-ppl X or --target-acc Y (X or Y may be none, "
-     "to map the whole trade-off)."),
+     "give exactly one quality target: --target-ppl X, --target-acc Y or --target-kld Z (each "
+     "may be none, to map the whole trade-off)."),
     ("two targets", "search -m {llama} --target-ppl none --target-acc 0.5",
-     "give exactly one quality target: --target-ppl X or --target-acc Y (X or Y may be none, "
-     "to map the whole trade-off)."),
+     "give exactly one quality target: --target-ppl X, --target-acc Y or --target-kld Z (each "
+     "may be none, to map the whole trade-off)."),
     ("target of the other metric", "search -m {llama} --target-acc 0.5",
-     "task wikitext2 measures ppl; give --target-ppl."),
+     "task wikitext2 measures ppl (and kld); give --target-ppl or --target-kld."),
+    ("target-kld 0", "search -m {llama} --target-kld 0",
+     "--target-kld 0 must be a KL divergence above 0 (e.g. 0.05 nats), or none to map the "
+     "whole trade-off."),
+    ("report-limit 0", "search -m {llama} --target-ppl 10 --report-limit 0",
+     "--report-limit 0 must be at least 1 (window or image)."),
     ("trials 0", "search -m {llama} --target-ppl 10 --trials 0",
      "--trials 0 must be at least 1 (finished trials in the study)."),
     ("max-size-mib 0", "search -m {llama} --target-ppl 10 --max-size-mib 0",

@@ -83,14 +83,15 @@ def test_eval_uses_the_models_own_task_and_the_trained_weights_are_accurate():
 # ---- search to an accuracy target, early stopping ------------------------------------
 @pytest.fixture(scope="module")
 def study(tmp_path_factory) -> Path:
-    """One 8-trial search on 200 images (checks every 40), no --task given."""
+    """One 8-trial search on 200 images (checks every 40), no --task given; the random
+    sampler after the prior trials tries 1-bit layers where they surely miss."""
     root = tmp_path_factory.mktemp("digits_search")
     (root / "space.yaml").write_text(SPACE)
     result = runner.invoke(app, ["search", "--model", "digits-vit", "--limit", "200",
                                  "--target-acc", str(TARGET), "--trials", "8",
                                  "--prior-trials", "4", "--space", str(root / "space.yaml"),
                                  "--out", str(root / "out"), "--study", "s",
-                                 "--measure-front", "1", "-q"])
+                                 "--measure-front", "1", "--sampler", "random", "-q"])
     assert result.exit_code == 0, result.output
     return root / "out" / "s"
 

@@ -411,7 +411,8 @@ def test_baselines_evaluates_missing_uniform_points(tmp_path, tiny_vit_checkpoin
                 "limit": 8, "checkpoint": str(ckpt), "device": "cpu", "dtype": "fp32"}
     meta = {"format": "autoq.study/1", "study": "vit-study", "storage": url, "model": "vit",
             "task": "cifar100", "metric": "accuracy", "higher_is_better": True, "target": 0.0,
-            "protocol": "cifar100 test, 8 images, top-1", "speed_key": "images_per_s",
+            "protocol": "cifar100 search split (6 of 12 test images, seed 0), top-1",
+            "speed_key": "images_per_s",
             "settings": settings}
     (folder / "study.json").write_text(json.dumps(meta))
     (folder / "baselines.json").write_text(json.dumps({"fp": {"accuracy": 0.5, "size_mib": 1.0}}))

@@ -263,11 +263,14 @@ def test_scoring_can_stop_and_continue_where_it_stopped(tiny_llama_dir, tiny_tex
     ev = Evaluator(EvalSettings(model=f"hf:{tiny_llama_dir}", task="wikitext2",
                                 data=str(tiny_text_file), seq_len=32, limit=12))
     resolved = {n: (None if n == "lm_head" else LayerConfig(4, 32)) for n in ev.shapes}
+    ev.use_reference(ev.measure_reference()[0])  # KL units too, continued the same way
     full = ev.run(resolved, speed=False)
-    part = ev.run(resolved, speed=False, check_every=4, stop=lambda u: len(u) >= 4)
-    assert part["fraction"] == pytest.approx(4 / 12) and part["units"] == full["units"][:4]
+    part = ev.run(resolved, speed=False, check_every=4, stop=lambda u: len(u["ppl"]) >= 4)
+    assert part["fraction"] == pytest.approx(4 / 12)
+    assert part["units"] == {m: v[:4] for m, v in full["units"].items()}
     rest = ev.run(resolved, speed=False, done=part["units"])
     assert rest["units"] == full["units"] and rest["ppl"] == full["ppl"]
+    assert rest["kld"] == full["kld"] > 0
 
 
 def test_early_stopping_estimates_trials_and_scores_the_front_in_full(tmp_path, tiny_llama_dir,

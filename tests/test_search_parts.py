@@ -57,6 +57,7 @@ def test_early_stopping_judges_from_the_estimate_interval():
 def test_target_loss_is_in_the_sensitivity_units():
     assert PPL.loss(33.0, 30.0) == pytest.approx(math.log(1.1))
     assert ACC.loss(0.85, 0.9) == pytest.approx(0.05)
+    assert Target("kld", 0.01).loss(0.02, 0.0) == pytest.approx(0.02)
     assert PPL.loss(math.nan, 30.0) is None and PPL.loss(0.0, 30.0) is None
 
 
@@ -97,11 +98,15 @@ def test_loss_scale_is_the_median_measured_per_predicted_loss():
     baselines = {"fp": {"ppl": 20.0}, "4:64": {"ppl": 20.0 * math.exp(0.2)},
                  "8:64": {"ppl": 20.0 * math.exp(0.001)}}
     # 4:64: 0.2 / 0.1 = 2; 8:64: 0.001 / 0.005 = 0.2 -> the median of two is the upper one
-    assert prior.loss_scale(baselines, SENS, "ppl") == pytest.approx(2.0)
-    assert prior.loss_scale(baselines, SENS, "accuracy") is None
-    assert prior.loss_scale({"4:64": {"ppl": 25.0}}, SENS, "ppl") is None   # no fp
+    assert prior.loss_scale(baselines, SENS, PPL) == pytest.approx(2.0)
+    assert prior.loss_scale(baselines, SENS, ACC) is None   # no accuracy measured
+    accuracy = {"fp": {"accuracy": 0.9}, "4:64": {"accuracy": 0.8}}  # a drop of 0.1 / 0.1
+    assert prior.loss_scale(accuracy, SENS, ACC) == pytest.approx(1.0)
+    kld = {"fp": {"kld": 0.0}, "4:64": {"kld": 0.05}, "8:64": {"kld": 0.0005}}
+    assert prior.loss_scale(kld, SENS, Target("kld", 0.01)) == pytest.approx(0.5)
+    assert prior.loss_scale({"4:64": {"ppl": 25.0}}, SENS, PPL) is None   # no fp
     better = {"fp": {"ppl": 20.0}, "4:64": {"ppl": 19.0}}
-    assert prior.loss_scale(better, SENS, "ppl") is None   # nothing worse than fp to fit
+    assert prior.loss_scale(better, SENS, PPL) is None   # nothing worse than fp to fit
 
 
 def test_max_choice_bits_leaves_the_unsearched_part_out():

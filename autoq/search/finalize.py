@@ -18,9 +18,11 @@ import optuna
 from optuna.trial import TrialState
 
 from .. import study as contract
+from ..errors import UserError
 from ..io import write_atomic, write_json
 from ..plan import LayerConfig
 from . import storage as store
+from .references import References, as_units, report_entry
 from .session import Session
 from .trial import FINISHED, metrics_of
 
@@ -87,7 +89,8 @@ def rescore(session: Session, t) -> None:
                 f"{metric} {old[metric]:.4g} from {old['fraction']:.0%} of it)")
     t0 = time.perf_counter()
     full = session.ev.run(trial_layers(t), speed=False,
-                          done=contract.attr(t.user_attrs, contract.UNITS))
+                          done=as_units(contract.attr(t.user_attrs, contract.UNITS),
+                                        session.ev.task.metric))
     units = full.pop("units")
     estimate = {k: old[k] for k in (metric, f"{metric}_interval", "estimated_from", "fraction")
                 if k in old}
@@ -144,13 +147,49 @@ def front(session: Session) -> list:
         write_trials(session)
 
 
-def finalize(session: Session) -> Outcome:
+def reported(session: Session, refs: References, trials: list) -> dict[str, dict]:
+    """The report split's metrics of `trials` (trial number -> entry), scored in full once
+    and kept with the study; the baselines are reported too. {} (said) when the report
+    split cannot be loaded (e.g. offline without --report-data)."""
+    try:
+        refs.use_reference("report")
+    except UserError as e:
+        session.say(f"no report split, so the plans carry search-split numbers only: {e}")
+        return {}
+    refs.report()
+    return report_trials(session, trials)
+
+
+def report_trials(session: Session, trials: list) -> dict[str, dict]:
+    study = session.study
+    for t in trials:
+        if str(t.number) in contract.attr(study.user_attrs, contract.REPORT, {}):
+            continue  # another worker (or an earlier run) did it
+        session.say(f"scoring Pareto trial {t.number} on the report split")
+        entry = report_entry(session.ev.run(trial_layers(t), speed=False, split="report"))
+        known = dict(contract.attr(study.user_attrs, contract.REPORT, {}))
+        study.set_user_attr(contract.REPORT, {**known, str(t.number): entry})
+    return dict(contract.attr(study.user_attrs, contract.REPORT, {}))
+
+
+def finalize(session: Session, runner) -> Outcome:
+    """The front scored in full, its speeds measured, the one-shot plans and the report
+    split (`runner`: the search's TrialRunner, with its references and prior), then the
+    files."""
+    from . import oneshot
+
     trials = front(session)
     best = best_trial(session)
     chosen = to_measure(session.s.measure_front, [t.number for t in trials],
                         best.number if best else None)
     metrics = [measured_speed(session, t, metrics_of(session.study, t)) if i in chosen
                else metrics_of(session.study, t) for i, t in enumerate(trials)]
+    report = reported(session, runner.refs, trials)
+    oneshot.measure(session, runner.refs, runner.prior, runner)
+    for t, m in zip(trials, metrics):
+        if str(t.number) in report:
+            entry = report[str(t.number)]
+            m["report"] = {**entry, "meets_target": session.target.meets({**m, **entry})}
     with store.file_lock(session.dir / contract.LOCK_FILE):
         return write_front(session, trials, metrics, best)
 

@@ -46,6 +46,13 @@ def hull(costs: Mapping[str, Mapping[str, float]], bits: Mapping[str, Mapping[st
     return out
 
 
+def at_budget(costs, bits, budget: float) -> Config | None:
+    """The config of the least predicted loss whose size is at most `budget`, along the
+    hull (None when even the smallest config is larger)."""
+    fits = [c for c in hull(costs, bits) if totals(c, costs, bits)[1] <= budget]
+    return min(fits, key=lambda c: totals(c, costs, bits)) if fits else None
+
+
 def spread(configs: Sequence[Config], costs, bits, n: int) -> list[Config]:
     """`n` configs evenly spaced in size along the hull (always both ends)."""
     if len(configs) <= n:

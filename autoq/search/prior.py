@@ -7,7 +7,6 @@ the space, the layers' shapes, the measured sensitivities and reference points.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
@@ -49,18 +48,18 @@ def costs_and_bits(choices: Sequence[Choice], shapes: Mapping[str, tuple[int, in
     return costs, bits
 
 
-def loss_scale(baselines: Mapping[str, Mapping], sens: Mapping, metric: str) -> float | None:
-    """Measured log-perplexity per predicted loss on the uniform baselines (median);
-    None for accuracy or without baselines worse than fp."""
-    if metric != "ppl" or FP not in baselines:
+def loss_scale(baselines: Mapping[str, Mapping], sens: Mapping, target: Target) -> float | None:
+    """Measured quality loss (`Target.loss`) per predicted loss on the uniform baselines
+    (the median); None without baselines worse than fp."""
+    fp = baselines.get(FP, {}).get(target.metric)
+    if fp is None:
         return None
-    fp, ratios = baselines[FP]["ppl"], []
+    ratios = []
     for label, m in baselines.items():
-        if label == FP:
-            continue
         cost = sum(row.get(label, 0.0) for row in sens["layers"].values())
-        if cost > 0 and m["ppl"] > fp:
-            ratios.append(math.log(m["ppl"] / fp) / cost)
+        loss = target.loss(m.get(target.metric), fp) if label != FP else None
+        if cost > 0 and loss is not None and loss > 0:
+            ratios.append(loss / cost)
     return sorted(ratios)[len(ratios) // 2] if ratios else None
 
 
@@ -88,7 +87,7 @@ def build(choices: Sequence[Choice], shapes: Mapping[str, tuple[int, int]], sens
     costs, bits = costs_and_bits(choices, shapes, sens, fp_bits)
     fp = baselines.get(FP, {})
     return Prior(costs, bits, budget(target, fp.get(target.metric)),
-                 loss_scale(baselines, sens, target.metric),
+                 loss_scale(baselines, sens, target),
                  max_choice_bits(choices, shapes, fp.get("size_mib"), target.max_size_mib,
                                  fp_bits), fp.get(target.metric))
 

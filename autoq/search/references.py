@@ -1,13 +1,15 @@
 """Reference points: configs scored on all the data, shared by every study that uses
-the same protocol under one `--out`.
+the same protocol under one `--out` (`<out>/baselines/`, files named by a hash of the
+model, data, protocol, device and backend):
 
-- baselines: the unquantized model ("fp") and the space's uniform configs, measured
-  once per (model, data, protocol, device, backend), kept in
-  `<out>/baselines/baselines-<key>.json` and with each study (baselines.json and the
-  `autoq:baselines` attribute);
-- reference units: their per-window / per-image values (`units-<key>.json`), plus
-  every trial of the study scored in full. Early stopping estimates a partly
-  scored trial from the reference it agrees with best (`autoq.estimate`).
+- the fp model's distributions per split (`reference-<key>.pt`, autoq.kld): every
+  evaluation then measures the KL from the fp model beside the task's own metric;
+- baselines: the fp model and the space's uniform configs (`baselines-<key>.json`,
+  also stored with each study: baselines.json and the `autoq:baselines` attribute),
+  each with its report-split metrics under "report" once a search reported;
+- reference units: their per-unit values, per metric (`units-<key>.json`), plus every
+  trial of the study scored in full. Early stopping estimates a partly scored trial
+  from the reference it agrees with best (`autoq.estimate`).
 """
 
 from __future__ import annotations
@@ -18,11 +20,11 @@ from pathlib import Path
 
 from optuna.trial import TrialState
 
+from .. import kld
 from .. import study as contract
 from ..io import write_json
 from ..plan import FP, LayerConfig, uniform_plan
 from .session import Session
-
 
 
 def reference_plan(ev, label: str) -> dict[str, LayerConfig | None] | None:
@@ -37,34 +39,53 @@ def reference_plan(ev, label: str) -> dict[str, LayerConfig | None] | None:
     return ev.resolve(plan, f"uniform {label}")
 
 
-def measure(ev, label: str, say) -> dict | None:
-    """A reference point's metrics, speed measured and per-unit values under "units";
-    None (said) when the model's shapes cannot take that config."""
+def measure(ev, label: str, say, split: str = "search") -> dict | None:
+    """A reference point's metrics on a split (speed measured on the search split) and
+    per-unit values under "units"; None (said) when no layer can take that config."""
     resolved = reference_plan(ev, label)
     if resolved is None:
         say(f"baseline {label}: skipped, no layer's shape can take {label}")
         return None
-    say(f"baseline {label}: evaluating")
-    metrics = {**ev.run(resolved, speed=True), "speed_source": "measured"}
+    say(f"baseline {label}: evaluating ({split} split)")
+    metrics = {**ev.run(resolved, speed=split == "search", split=split),
+               "speed_source": "measured"}
     say(f"baseline {label}: {ev.task.metric} {metrics[ev.task.metric]:.4g}, "
         f"{metrics['size_mib']:.1f} MiB, {metrics['bits_per_weight']:.2f} b/w")
     return metrics
 
 
+def as_units(value, metric: str) -> dict[str, list[float]]:
+    """Stored units as metric -> values (studies before KL stored one list)."""
+    return dict(value) if isinstance(value, dict) else {metric: list(value or ())}
+
+
 class References:
     def __init__(self, session: Session):
         self.session = session
-        self.units_of: dict[str, list[float]] = {}   # label -> units, read by `load_units`
+        self.units_of: dict[str, dict[str, list[float]]] = {}   # label -> metric -> units
 
-    @property
-    def key(self) -> str:
+    def key(self, split: str = "search") -> str:
         s, ev = self.session.s, self.session.ev
-        ident = [s.eval.model, s.eval.checkpoint, ev.task.name, ev.protocol, str(ev.dtype),
-                 ev.device.type, ev.backend]
+        ident = [s.eval.model, s.eval.checkpoint, ev.task.name, ev.split(split).protocol,
+                 str(ev.dtype), ev.device.type, ev.backend]
         return hashlib.sha256(json.dumps(ident).encode()).hexdigest()[:16]
 
-    def _shared(self, kind: str) -> Path:
-        return self.session.out / "baselines" / f"{kind}-{self.key}.json"
+    def _shared(self, kind: str, split: str = "search", ext: str = "json") -> Path:
+        return self.session.out / "baselines" / f"{kind}-{self.key(split)}.{ext}"
+
+    # ---- the fp model's distributions -------------------------------------------------
+    def use_reference(self, split: str = "search") -> None:
+        """KL from here on, on `split`: the fp distributions stored, or measured once
+        (the search split's fp pass also gives the fp model's units)."""
+        ev = self.session.ev
+        path = self._shared("reference", split, "pt")
+        reference = kld.load(path)
+        if reference is None:
+            reference, fp = ev.measure_reference(split)
+            kld.save(reference, path)
+            if split == "search":
+                self.save_units(FP, fp["units"])
+        ev.use_reference(reference, split)
 
     # ---- baselines -----------------------------------------------------------------
     def stored(self) -> dict:
@@ -74,51 +95,77 @@ class References:
         self.session.study.set_user_attr(contract.BASELINES, have)
         write_json(self.session.dir / contract.BASELINES_FILE, have)
 
-    def baselines(self) -> dict:
-        """fp + the space's uniform configs: measured if no study under this --out has
-        them yet, then stored with this study too."""
-        session = self.session
+    def _update(self, label: str, metrics: dict) -> dict:
+        """Merge one reference point into the shared file and the study."""
         path = self._shared("baselines")
         shared = json.loads(path.read_text()) if path.exists() else {}
         have = {**shared, **self.stored()}
-        for label in [FP] + [c.label for c in session.space.baselines]:
-            if label in have or (metrics := measure(session.ev, label, session.say)) is None:
+        have[label] = {**have.get(label, {}), **metrics}
+        self._store(have)
+        write_json(path, have)
+        return have
+
+    def labels(self) -> list[str]:
+        return [FP] + [c.label for c in self.session.space.baselines]
+
+    def baselines(self) -> dict:
+        """fp + the space's uniform configs: measured if no study under this --out has
+        them yet, then stored with this study too."""
+        path = self._shared("baselines")
+        shared = json.loads(path.read_text()) if path.exists() else {}
+        have = {**shared, **self.stored()}
+        for label in self.labels():
+            if label in have:
                 continue
-            self.save_units(label, metrics.pop("units"))
-            have = {**have, **self.stored(), label: metrics}
-            self._store(have)
-            write_json(path, have)
-        have = {**have, **self.stored()}
+            metrics = measure(self.session.ev, label, self.session.say)
+            if metrics is not None:
+                self.save_units(label, metrics.pop("units"))
+                have = self._update(label, metrics)
         self._store(have)
         return have
 
+    def report(self) -> dict:
+        """The baselines on the report split too (their metrics under "report")."""
+        have = self.baselines()
+        for label in self.labels():
+            if label not in have or "report" in have[label]:
+                continue
+            metrics = measure(self.session.ev, label, self.session.say, "report")
+            if metrics is not None:
+                metrics.pop("units")
+                have = self._update(label, {"report": report_entry(metrics)})
+        return have
+
     # ---- per-unit values --------------------------------------------------------------
-    def save_units(self, label: str, units: list[float]) -> None:
+    def save_units(self, label: str, units: dict[str, list[float]]) -> None:
         path = self._shared("units")
         known = json.loads(path.read_text()) if path.exists() else {}
         write_json(path, {**known, label: units})
 
-    def load_units(self) -> dict[str, list[float]]:
-        """The reference configs' units (the fp model's scored once if missing)."""
+    def load_units(self) -> None:
         path = self._shared("units")
-        self.units_of = json.loads(path.read_text()) if path.exists() else {}
-        if FP not in self.units_of:
-            ev = self.session.ev
-            self.session.say("scoring the unquantized model per window (reference for "
-                             "early stopping)")
-            self.save_units(FP, ev.run({n: None for n in ev.shapes}, speed=False)["units"])
-            self.units_of = json.loads(path.read_text())
-        return self.units_of
+        metric = self.session.ev.task.metric
+        known = json.loads(path.read_text()) if path.exists() else {}
+        self.units_of = {label: as_units(u, metric) for label, u in known.items()}
 
-    def units(self) -> dict[str, list[float]]:
-        """Every config scored on all the data, per unit: the baselines, and the
-        study's trials scored in full (directly, or rescored as front configs)."""
-        refs = dict(self.units_of)
+    def units(self, metric: str) -> dict[str, list[float]]:
+        """Every config scored on all the data, its units of `metric`: the baselines,
+        and the study's trials scored in full (directly, or rescored as front configs)."""
         study, total = self.session.study, self.session.ev.total
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            units = contract.attr(t.user_attrs, contract.UNITS, ())
+        primary = self.session.ev.task.metric
+        refs = {label: u[metric] for label, u in self.units_of.items() if metric in u}
+        full = [(t.number, contract.attr(t.user_attrs, contract.UNITS))
+                for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+        full += [(n, e["units"]) for n, e in
+                 contract.attr(study.user_attrs, contract.RESCORED, {}).items()]
+        for number, units in full:
+            units = as_units(units, primary).get(metric, ())
             if len(units) == total:
-                refs[f"trial {t.number}"] = units
-        for number, entry in contract.attr(study.user_attrs, contract.RESCORED, {}).items():
-            refs[f"trial {number}"] = entry["units"]
+                refs[f"trial {number}"] = units
         return refs
+
+
+def report_entry(metrics: dict) -> dict:
+    """What a plan keeps of its report-split evaluation."""
+    keep = ("ppl", "accuracy", "kld", "protocol", "fraction", "eval_seconds")
+    return {k: metrics[k] for k in keep if k in metrics}

@@ -40,9 +40,9 @@ def has_room(study: optuna.Study, total: int) -> bool:
     return len(busy) < total
 
 
-def early_stopping(session: Session, refs: References, baselines: dict) -> bool:
+def early_stopping(session: Session, baselines: dict) -> bool:
     """Stop scoring trials early only when the target is reachable at all (the
-    unquantized model meets it); then the reference units are loaded (or scored)."""
+    unquantized model meets it)."""
     if not session.s.prune or session.target.value is None:
         return False
     fp = baselines.get(FP, {}).get(session.target.metric)
@@ -51,15 +51,16 @@ def early_stopping(session: Session, refs: References, baselines: dict) -> bool:
                     f"the target {session.s.target:g}: no config can meet it; mapping the "
                     "trade-off with every trial scored on all the data")
         return False
-    refs.load_units()
     return True
 
 
 def prepare(session: Session) -> TrialRunner:
     """Reference points, sensitivities, the prior trials and the sampler."""
     refs = References(session)
+    refs.use_reference("search")   # KL from the fp model, on every evaluation
     baselines = refs.baselines()
-    early = early_stopping(session, refs, baselines)
+    refs.load_units()
+    early = early_stopping(session, baselines)
     layer_options = {n: c.options for c in session.choices for n in c.layers}
     sens = measure_or_load(session.ev, layer_options, session.out / "sensitivity")
     write_json(session.dir / contract.SENSITIVITY_FILE, sens)
@@ -164,5 +165,5 @@ def search(s: SearchSettings, say: Callable[[str], None] = lambda m: None) -> Ou
         loop(session, runner)
     finally:
         write_trials(session)
-    return finalize(session)
+    return finalize(session, runner)
 

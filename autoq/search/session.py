@@ -31,7 +31,7 @@ from .space import Choice, Space, load_space, parse_option
 class SearchSettings:
     eval: EvalSettings
     target: float | None               # the quality target (None: map the whole trade-off)
-    metric: str                        # "ppl" or "accuracy"
+    metric: str                        # "ppl", "accuracy" or "kld": what the target is on
     trials: int = 50
     max_size_mib: float | None = None
     timeout: float | None = None
@@ -103,8 +103,8 @@ class Session:
 def info(s: SearchSettings, ev: Evaluator, space: Space, name: str, url: str) -> dict:
     """The study.json object (also the study's `autoq:study` attribute)."""
     return {"format": contract.FORMAT, "study": name, "storage": url, "model": s.eval.model,
-            "task": ev.task.name, "metric": ev.task.metric,
-            "higher_is_better": ev.task.higher_is_better, "target": s.target,
+            "task": ev.task.name, "metric": s.metric,
+            "higher_is_better": ev.task.higher_is_better(s.metric), "target": s.target,
             "max_size_mib": s.max_size_mib, "protocol": ev.protocol,
             "speed_key": ev.loaded.kind.speed_key, "space": space.source,
             "structure": ev.loaded.structure.to_json(), "heads": sorted(ev.loaded.heads),
@@ -144,10 +144,12 @@ def open_session(s: SearchSettings, say: Callable[[str], None] = lambda m: None)
         store.check_url(s.storage)  # a typo fails before the model loads
     beat_s, grace_s = store.timing()
     ev = Evaluator(s.eval)
+    ev.search  # the search split is loaded (and bad data refused) before anything is written
     ev.fast_scoring = ev.device.type == "cpu"  # HQQ's CPU forward unpacks per call
-    if ev.task.metric != s.metric:
+    if s.metric not in ev.task.metrics:
         flag = "--target-ppl" if ev.task.metric == "ppl" else "--target-acc"
-        raise UserError(f"task {ev.task.name} measures {ev.task.metric}; give {flag}.")
+        raise UserError(f"task {ev.task.name} measures {ev.task.metric} and kld; give {flag} "
+                        "or --target-kld.")
     space = load_space(s.space or ev.loaded.kind.default_space)
     structure = ev.loaded.structure
     choices, fixed = space.bind(ev.shapes, _allowed(ev, s.all_options), structure,
@@ -164,7 +166,7 @@ def open_session(s: SearchSettings, say: Callable[[str], None] = lambda m: None)
     the_info = info(s, ev, space, name, url)
     study = _open_study(storage, url, name, the_info, s.seed)
     write_json(folder / contract.STUDY_FILE, the_info)
-    target = Target(ev.task.metric, s.target, ev.task.higher_is_better, s.max_size_mib)
+    target = Target(s.metric, s.target, ev.task.higher_is_better(s.metric), s.max_size_mib)
     return Session(s, ev, target, space, choices, fixed, name, folder, url, storage, study,
                    beat_s, grace_s, say)
 

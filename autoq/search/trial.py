@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 
 from .. import study as contract
 from ..estimate import Estimate, estimate
-from ..tasks import LINK
+from ..tasks import LINK, clip
 from . import storage as store
 from .prior import Prior
 from .references import References
@@ -132,7 +132,8 @@ class TrialRunner:
             sum(prior.bits[p][o] for p, o in labels.items()) > prior.max_bits
         last: dict = {}  # the verdict and estimate of the last check
 
-        def stop(units: list[float]) -> bool:
+        def stop(seen: dict[str, list[float]]) -> bool:
+            units = seen[metric]
             if units and not math.isfinite(units[-1]):
                 last.update(verdict="nan", est=None)
                 return True
@@ -143,9 +144,10 @@ class TrialRunner:
                                 check_every=self.session.ev.task.check_every, stop=stop)
         est = last.get("est")
         if metrics["fraction"] < 1 and last.get("verdict") != "nan":
-            metrics[metric] = LINK[metric](est.mean) if est else math.nan
+            metrics[metric] = clip(metric, LINK[metric](est.mean)) if est else math.nan
             if est:
-                metrics[f"{metric}_interval"] = list(est.interval(LINK[metric]))
+                metrics[f"{metric}_interval"] = [clip(metric, v)
+                                                 for v in est.interval(LINK[metric])]
                 metrics["estimated_from"] = est.reference
         return metrics, last.get("verdict")
 
@@ -158,7 +160,7 @@ class TrialRunner:
         every = self.session.ev.task.check_every
         if not self.early or len(units) < every:
             return None, None
-        est = estimate(units, self.session.ev.total, self.refs.units())
+        est = estimate(units, self.session.ev.total, self.refs.units(self.session.target.metric))
         return self.session.target.decide(est.interval(LINK[self.session.target.metric])), est
 
     def add_speed(self, metrics: dict, resolved) -> None:

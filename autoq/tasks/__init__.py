@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 from ..args import check_counts, check_data_path, check_task_fits, task_spec  # noqa: F401
 from ..errors import UserError
@@ -20,8 +20,10 @@ from ..errors import UserError
 @dataclass(frozen=True)
 class TaskImpl:
     """What a task's module registers (see `register`)."""
-    load: Callable         # (task, loaded_model, data, seq_len, limit) -> dataset
-    units: Callable        # (loaded_model, dataset) -> Iterator[float], one value per unit
+    load: Callable         # (task, loaded_model, data, seq_len, limit, split) -> dataset,
+                           #   whose `.index` lists its units' ids (stable across take)
+    outputs: Callable      # (loaded_model, dataset) -> Iterator[(logits, target)] per unit
+    value: Callable        # (logits, target) -> the unit's value (a window's NLL, a 1/0 hit)
     count: Callable        # (dataset) -> number of units
     take: Callable         # (dataset, indices) -> the dataset with only these units, in order
     describe: Callable     # (dataset) -> the protocol, in words
@@ -30,6 +32,8 @@ class TaskImpl:
 
 
 IMPLS: dict[str, TaskImpl] = {}
+SPLITS = ("search", "report")   # configs are chosen on the search split, reported on the other
+KLD = "kld"
 
 
 def register(name: str, **impl: Callable) -> None:
@@ -40,7 +44,7 @@ def register(name: str, **impl: Callable) -> None:
 class Task:
     name: str
     model_kind: str         # "lm" or "vit"
-    metric: str             # "ppl" or "accuracy"
+    metric: str             # its own metric: "ppl" or "accuracy" (it also measures "kld")
     spec: dict              # the whole YAML
 
     @property
@@ -48,25 +52,42 @@ class Task:
         return IMPLS[self.name]
 
     @property
-    def higher_is_better(self) -> bool:
-        return self.metric == "accuracy"
+    def metrics(self) -> tuple[str, str]:
+        return self.metric, KLD
 
-    def metric_of(self, units: Sequence[float]) -> float:
-        """The metric from per-unit values: exp(mean NLL) or the hit rate."""
-        return LINK[self.metric](sum(units) / len(units))
+    def higher_is_better(self, metric: str | None = None) -> bool:
+        return (metric or self.metric) == "accuracy"
+
+    def metric_of(self, units: Sequence[float], metric: str | None = None) -> float:
+        """The metric from per-unit values: exp(mean NLL), the hit rate, the mean KL."""
+        return LINK[metric or self.metric](sum(units) / len(units))
 
     @property
     def check_every(self) -> int:
         """How many units a search scores between two early-stopping checks."""
         return int(self.spec.get("check_every", 1))
 
-    def load(self, loaded, data: str | None, seq_len: int | None, limit: int | None):
+    def load(self, loaded, data: str | None, seq_len: int | None, limit: int | None,
+             split: str = "search"):
         check_task_fits(self.spec, loaded.spec, loaded.kind.name)
         check_counts(seq_len, limit)
-        return self.impl.load(self, loaded, data, seq_len, limit)
+        return self.impl.load(self, loaded, data, seq_len, limit, split)
 
-    def units(self, loaded, dataset) -> Iterator[float]:
-        return self.impl.units(loaded, dataset)
+    def units(self, loaded, dataset, reference: Mapping | None = None,
+              capture: dict | None = None) -> Iterator[dict[str, float]]:
+        """Per unit, in data order: {metric: value} and, with the fp model's `reference`
+        (autoq.kld), its "kld"; `capture` (a dict) collects this model's own top-k per
+        unit id, which makes it the reference."""
+        from .. import kld
+
+        outputs = self.impl.outputs(loaded, dataset)
+        for uid, (logits, target) in zip(dataset.index, outputs):
+            out = {self.metric: self.impl.value(logits, target)}
+            if reference is not None:
+                out[KLD] = kld.kl(logits, reference[uid])
+            if capture is not None:
+                capture[uid] = kld.top_k(logits, int(self.spec.get("kld_top_k", kld.TOP_K)))
+            yield out
 
     def count(self, dataset) -> int:
         return self.impl.count(dataset)
@@ -83,12 +104,21 @@ class Task:
     def loss(self, loaded, batch):
         return self.impl.loss(loaded, batch)
 
-    def score(self, loaded, dataset) -> float:
-        """The metric on all the data."""
-        return self.metric_of(list(self.units(loaded, dataset)))
+    def score(self, loaded, dataset, reference: Mapping | None = None) -> dict[str, float]:
+        """The metrics on all the data (kld with a reference)."""
+        rows = list(self.units(loaded, dataset, reference))
+        return {m: self.metric_of([r[m] for r in rows], m) for m in rows[0]}
 
 
-LINK = {"ppl": math.exp, "accuracy": lambda mean: mean}
+LINK = {"ppl": math.exp, "accuracy": lambda mean: mean, KLD: lambda mean: mean}
+RANGE = {"ppl": (1.0, math.inf), "accuracy": (0.0, 1.0), KLD: (0.0, math.inf)}
+
+
+def clip(metric: str, value: float) -> float:
+    """An estimate kept inside the metric's range (an interval from few units can
+    cross 0 or 1)."""
+    lo, hi = RANGE[metric]
+    return min(max(value, lo), hi)
 
 
 def get_task(name: str) -> Task:

@@ -1,13 +1,19 @@
-"""CIFAR-100 top-1 accuracy, with the model's own eval transform.
+"""CIFAR-100 top-1 accuracy (and KL from the fp model), with the model's own eval
+transform.
 
 Data: the hub's test split, or `--data DIR` in the original `cifar-100-python`
 pickle format (a `test` file: dict with b"data" uint8 N x 3072 CHW and
-b"fine_labels"). `limit` keeps the first N images.
+b"fine_labels"). Splits: the test images are shuffled once by the YAML's `seed` and
+halved (`halves`): the search split is the first half, the report split the other
+(`--report-data DIR` reads the report half of that folder instead). `limit` keeps
+the first N images of the split. Helpers here serve every image task.
 """
 
 from __future__ import annotations
 
 import pickle
+import random
+from dataclasses import dataclass, replace
 from typing import Iterator
 
 import numpy as np
@@ -49,31 +55,70 @@ def read_hub(task) -> tuple[list, list[int]]:
     return rows[hub["image"]], list(rows[hub["label"]])
 
 
-def load(task, loaded, data, seq_len, limit) -> tuple[list, list[int]]:
+@dataclass(frozen=True)
+class Images:
+    images: list           # transformed image tensors
+    labels: list[int]
+    index: list[int]       # each image's position in the source data (a unit's id)
+    label: str             # the split, in words, for the protocol
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def halves(n: int, seed: int) -> dict[str, list[int]]:
+    """The search and report splits of n images: a shuffle by `seed`, halved."""
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    return {"search": sorted(order[:n // 2]), "report": sorted(order[n // 2:])}
+
+
+def images_of(loaded, images, labels, index: list[int], limit: int | None,
+              label: str) -> Images:
+    """The first `limit` of `index` through the model's own transform."""
+    index = index if limit is None else index[:limit]
+    if not index:
+        raise UserError("no images to evaluate; check --data and --limit.")
+    pil = [images[i] if isinstance(images[i], Image.Image) else Image.fromarray(images[i])
+           for i in index]
+    return Images([loaded.transform(im.convert("RGB")) for im in pil],
+                  [int(labels[i]) for i in index], list(index), label)
+
+
+def load(task, loaded, data, seq_len, limit, split: str = "search") -> Images:
     folder = check_data_path(data, want_dir=True)
     images, labels = read_pickle(folder) if folder else read_hub(task)
-    n = len(labels) if limit is None else min(limit, len(labels))
-    if n == 0:
-        raise UserError("no images to evaluate; check --data and --limit.")
-    pil = [im if isinstance(im, Image.Image) else Image.fromarray(im) for im in images[:n]]
-    return [loaded.transform(im.convert("RGB")) for im in pil], labels[:n]
+    seed = int(task.spec["seed"])
+    index = halves(len(labels), seed)[split]
+    label = f"{split} split ({len(index)} of {len(labels)} test images, seed {seed})"
+    return images_of(loaded, images, labels, index, limit, label)
 
 
 @torch.inference_mode()
-def units(loaded, dataset) -> Iterator[float]:
-    images, labels = dataset
+def outputs(loaded, d: Images) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Per image: its logits (1, classes) and its label, in batches of 64."""
     bs = 64
-    for s in track(range(0, len(labels), bs), "top-1", total=-(-len(labels) // bs)):
-        x = torch.stack(images[s:s + bs]).to(loaded.device, loaded.dtype)
-        pred = loaded.model(x).argmax(-1).cpu()
-        yield from (pred == torch.tensor(labels[s:s + bs])).float().tolist()
+    for s in track(range(0, len(d), bs), "top-1", total=-(-len(d) // bs)):
+        x = torch.stack(d.images[s:s + bs]).to(loaded.device, loaded.dtype)
+        logits = loaded.model(x)
+        for i, label in enumerate(d.labels[s:s + bs]):
+            yield logits[i:i + 1], torch.tensor([label])
 
 
-def calibration(dataset, n: int) -> list:
+def hit(logits: torch.Tensor, target: torch.Tensor) -> float:
+    return float(logits.argmax(-1).cpu() == target)
+
+
+def calibration(d: Images, n: int) -> list:
     """`n` batches of 8 images from the first ones."""
-    images, labels = dataset
-    k = min(len(labels), n * 8)
-    return [(torch.stack(images[i:i + 8]), torch.tensor(labels[i:i + 8])) for i in range(0, k, 8)]
+    k = min(len(d), n * 8)
+    return [(torch.stack(d.images[i:i + 8]), torch.tensor(d.labels[i:i + 8]))
+            for i in range(0, k, 8)]
+
+
+def take(d: Images, idx) -> Images:
+    return replace(d, images=[d.images[i] for i in idx], labels=[d.labels[i] for i in idx],
+                   index=[d.index[i] for i in idx])
 
 
 def loss(loaded, batch) -> torch.Tensor:
@@ -82,7 +127,5 @@ def loss(loaded, batch) -> torch.Tensor:
     return torch.nn.functional.cross_entropy(logits, y.to(loaded.device))
 
 
-register("cifar100", load=load, units=units, count=lambda dataset: len(dataset[1]),
-         take=lambda dataset, idx: ([dataset[0][i] for i in idx], [dataset[1][i] for i in idx]),
-         describe=lambda dataset: f"cifar100 test, {len(dataset[1])} images, top-1",
-         calibration=calibration, loss=loss)
+register("cifar100", load=load, outputs=outputs, value=hit, count=len, take=take,
+         describe=lambda d: f"cifar100 {d.label}, top-1", calibration=calibration, loss=loss)

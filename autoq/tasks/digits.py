@@ -13,7 +13,6 @@ are cifar100's).
 from __future__ import annotations
 
 import random
-from typing import NamedTuple
 
 from PIL import Image
 
@@ -21,14 +20,6 @@ from ..errors import UserError
 from . import cifar100, register
 
 SPLITS = ("train", "search", "report")
-
-
-class Digits(NamedTuple):
-    images: list        # transformed image tensors
-    labels: list[int]
-    split: str          # which split they come from
-    seed: int
-    of: int             # images in the whole data set
 
 
 def split_indices(n: int, seed: int) -> dict[str, list[int]]:
@@ -42,38 +33,28 @@ def split_indices(n: int, seed: int) -> dict[str, list[int]]:
             "report": sorted(order[:k])}
 
 
-def read(split: str, transform, seed: int) -> Digits:
-    """One split of the digits, each image through `transform` (a PIL image -> tensor)."""
+def pixels() -> tuple:
+    """The digits as 0..255 grey images and their labels."""
     from sklearn.datasets import load_digits
 
-    if split not in SPLITS:
-        raise UserError(f"digits split {split!r}: use one of {', '.join(SPLITS)}.")
     digits = load_digits()
-    pixels = (digits.images * (255 / 16)).round().astype("uint8")
-    idx = split_indices(len(pixels), seed)[split]
-    images = [transform(Image.fromarray(pixels[i], "L").convert("RGB")) for i in idx]
-    return Digits(images, [int(digits.target[i]) for i in idx], split, seed, len(pixels))
+    return (digits.images * (255 / 16)).round().astype("uint8"), digits.target
 
 
-def load(task, loaded, data, seq_len, limit, split: str = "search") -> Digits:
+def load(task, loaded, data, seq_len, limit, split: str = "search") -> cifar100.Images:
     if data is not None:
         raise UserError(f"--data {data}: the digits task reads the digits bundled with "
                         "scikit-learn and takes no --data; leave it out.")
-    d = read(split, loaded.transform, int(task.spec["seed"]))
-    n = len(d.labels) if limit is None else min(limit, len(d.labels))
-    if n == 0:
-        raise UserError("no images to evaluate; check --limit.")
-    return d._replace(images=d.images[:n], labels=d.labels[:n])
+    if split not in SPLITS:
+        raise UserError(f"digits split {split!r}: use one of {', '.join(SPLITS)}.")
+    grey, labels = pixels()
+    seed = int(task.spec["seed"])
+    index = split_indices(len(grey), seed)[split]
+    rgb = {i: Image.fromarray(grey[i], "L").convert("RGB") for i in index}
+    label = f"{split} split, {len(index)} images (of {len(grey)}, split seed {seed})"
+    return cifar100.images_of(loaded, rgb, labels, index, limit, label)
 
 
-def describe(d: Digits) -> str:
-    return (f"digits {d.split} split, {len(d.labels)} images (of {d.of}, split seed "
-            f"{d.seed}), top-1")
-
-
-register("digits", load=load, units=lambda loaded, d: cifar100.units(loaded, d[:2]),
-         count=lambda d: len(d.labels),
-         take=lambda d, idx: d._replace(images=[d.images[i] for i in idx],
-                                        labels=[d.labels[i] for i in idx]),
-         describe=describe, calibration=lambda d, n: cifar100.calibration(d[:2], n),
-         loss=cifar100.loss)
+register("digits", load=load, outputs=cifar100.outputs, value=cifar100.hit, count=len,
+         take=cifar100.take, describe=lambda d: f"digits {d.label}, top-1",
+         calibration=cifar100.calibration, loss=cifar100.loss)

@@ -1,0 +1,106 @@
+"""One-shot plans: what a plan made in one shot, with no trials, gets, as a reference
+series beside every searched front. Two signals, the same knapsack:
+
+- `sensitivity`: the Fisher-weighted quantization error of every (choice, option), the
+  table the search's prior starts from (autoq/search/sensitivity.py);
+- `single-layer-kl`: quantize one choice at a time (everything else unquantized) and
+  measure the KL from the fp model on the first CALIBRATION units of the search split.
+
+For each signal and each budget (BUDGETS: bits per weight over the searched layers,
+scales and zeros included), the knapsack's config of the least predicted loss that fits
+(autoq.search.knapsack.at_budget) is evaluated like a trial: exact size, the search
+split in full, predicted speed; at the end of a search also the report split. They
+depend on the model, the data, the space and the options only, so they are measured
+once and shared by every study under the same --out (`<out>/baselines/oneshot-<key>.json`,
+and the study's `autoq:oneshot` attribute and oneshot.json).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from .. import study as contract
+from ..io import write_json
+from ..plan import FP, label_of
+from . import knapsack
+from .prior import Prior
+from .references import References, report_entry
+from .session import Session
+
+BUDGETS = (4.0, 4.5, 5.0, 6.0)   # bits per searched weight
+CALIBRATION = 1                  # search-split units the single-layer KL is measured on
+SIGNALS = ("sensitivity", "single-layer-kl")
+ONESHOT_FILE = "oneshot.json"
+
+
+def _key(session: Session, refs: References) -> str:
+    choices = [[c.param, list(c.layers), list(c.labels)] for c in session.choices]
+    ident = [refs.key(), choices, BUDGETS, CALIBRATION]
+    return hashlib.sha256(json.dumps(ident).encode()).hexdigest()[:16]
+
+
+def single_layer_kl(session: Session, refs: References) -> dict[str, dict[str, float]]:
+    """Per choice and option: the KL from the fp model with only that choice quantized,
+    on the first CALIBRATION units of the search split (cached with the one-shot plans)."""
+    path = session.out / "baselines" / f"single-layer-kl-{_key(session, refs)}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    ev = session.ev
+    split = ev.calibration(CALIBRATION)
+    costs: dict[str, dict[str, float]] = {}
+    pairs = [(c, o) for c in session.choices for o in c.options]
+    session.say(f"one-shot: single-layer KL of {len(pairs)} (choice, option) pairs on "
+                f"{CALIBRATION} calibration unit(s)")
+    for choice, cfg in pairs:
+        row = costs.setdefault(choice.param, {})
+        if cfg is None:
+            row[FP] = 0.0
+            continue
+        resolved = {**session.fixed, **{n: None for n in ev.shapes if n not in session.fixed}}
+        resolved.update({n: cfg for n in choice.layers})
+        row[label_of(cfg)] = ev.run(resolved, speed=False, split=split)["kld"]
+    write_json(path, costs)
+    return costs
+
+
+def plans(session: Session, refs: References, prior: Prior) -> dict[str, dict]:
+    """label ("sensitivity@4.5") -> {signal, budget_bits, params} for every budget that fits."""
+    weights = sum(session.ev.loaded.units()[n].weights for c in session.choices for n in c.layers)
+    tables = {"sensitivity": prior.costs, "single-layer-kl": single_layer_kl(session, refs)}
+    out = {}
+    for signal in SIGNALS:
+        for budget in BUDGETS:
+            cfg = knapsack.at_budget(tables[signal], prior.bits, budget * weights)
+            if cfg is not None:
+                out[f"{signal}@{budget:g}"] = {"signal": signal, "budget_bits": budget,
+                                               "params": cfg}
+    return out
+
+
+def measure(session: Session, refs: References, prior: Prior, trial) -> dict[str, dict]:
+    """The one-shot plans, each evaluated like a trial on the search split (in full) and
+    on the report split when the search has one; shared per protocol and space."""
+    path = session.out / "baselines" / f"oneshot-{_key(session, refs)}.json"
+    done = json.loads(path.read_text()) if path.exists() else {}
+    report = session.ev.splits.get("report")
+    for label, entry in plans(session, refs, prior).items():
+        have = done.get(label, {})
+        if "metrics" not in have:
+            session.say(f"one-shot plan {label}: evaluating")
+            resolved = session.resolved(entry["params"])
+            metrics = session.ev.run(resolved, speed=False)
+            metrics.pop("units")
+            trial.add_speed(metrics, resolved)
+            have = {**entry, "layers": session.plan(resolved, {}).to_json()["layers"],
+                    "metrics": metrics}
+        if report is not None and report.reference is not None and "report" not in have:
+            session.say(f"one-shot plan {label}: report split")
+            have["report"] = report_entry(session.ev.run(session.resolved(entry["params"]),
+                                                         speed=False, split="report"))
+        done[label] = have
+        write_json(path, done)
+    session.study.set_user_attr(contract.ONESHOT, done)
+    write_json(session.dir / ONESHOT_FILE, done)
+    return done
+
