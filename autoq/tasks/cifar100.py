@@ -8,6 +8,7 @@ b"fine_labels"). `limit` keeps the first N images.
 from __future__ import annotations
 
 import pickle
+from pathlib import Path
 from typing import Iterator
 
 import numpy as np
@@ -35,6 +36,15 @@ def read_pickle(folder) -> tuple[np.ndarray, list[int]]:
     if len(labels) != len(data):
         raise UserError(f"--data {folder}: {len(data)} images but {len(labels)} labels.")
     return data.transpose(0, 2, 3, 1), labels
+
+
+def names(task, data) -> list[str] | None:
+    """The 100 fine label names from the `meta` file of a cifar-100-python folder."""
+    try:
+        with open(Path(data) / "meta", "rb") as f:
+            return [n.decode() for n in pickle.load(f, encoding="bytes")[b"fine_label_names"]]
+    except Exception:  # no --data, no meta file, or another layout: no names
+        return None
 
 
 def read_hub(task) -> tuple[list, list[int]]:
@@ -85,4 +95,4 @@ def loss(loaded, batch) -> torch.Tensor:
 register("cifar100", load=load, units=units, count=lambda dataset: len(dataset[1]),
          take=lambda dataset, idx: ([dataset[0][i] for i in idx], [dataset[1][i] for i in idx]),
          describe=lambda dataset: f"cifar100 test, {len(dataset[1])} images, top-1",
-         calibration=calibration, loss=loss)
+         calibration=calibration, loss=loss, names=names)

@@ -76,4 +76,4 @@ register("digits", load=load, units=lambda loaded, d: cifar100.units(loaded, d[:
          take=lambda d, idx: d._replace(images=[d.images[i] for i in idx],
                                         labels=[d.labels[i] for i in idx]),
          describe=describe, calibration=lambda d, n: cifar100.calibration(d[:2], n),
-         loss=cifar100.loss)
+         loss=cifar100.loss, names=lambda task, data: [str(i) for i in range(10)])
