@@ -39,7 +39,8 @@ def generate(folder: Path = Folder,
                                         rich_help_panel=GENERATION, help="What to continue."),
              max_new_tokens: int = typer.Option(64, "--max-new-tokens", "-n", metavar="N",
                                                 rich_help_panel=GENERATION,
-                                                help="Stop after N new tokens (or at end of text)."),
+                                                help="Stop after N new tokens (or at the end "
+                                                "of the text)."),
              chat_template: bool = typer.Option(True, "--chat-template/--no-chat-template",
                                                 metavar="", rich_help_panel=GENERATION,
                                                 help="Wrap the prompt as a user turn in the "

@@ -4,12 +4,13 @@ llama.cpp and transformers (`from_pretrained(..., gguf_file=)`) load.
 GGUF stores each tensor in its own type, so a mixed per-layer plan stays mixed.
 Each HQQ layer goes to the type that holds it exactly where one does:
 
-| HQQ layer                                    | GGUF type | how                                   |
-|----------------------------------------------|-----------|---------------------------------------|
-| <= 4 bits, group a multiple of 32 (or a row) | Q4_1      | the same codes; d = scale, m = -zero*scale (fp16) per 32 weights |
-| 8 bits, or a group not a multiple of 32      | Q8_0      | re-quantized from the dequantized weights |
-| not quantized (2-D)                          | F16       | as saved                              |
-| norms (1-D)                                  | F32       | as saved                              |
+| HQQ layer                                    | GGUF type | how                               |
+|----------------------------------------------|-----------|-----------------------------------|
+| <= 4 bits, group a multiple of 32 (or a row) | Q4_1      | the same codes; per 32 weights    |
+|                                              |           | d = scale, m = -zero*scale (fp16) |
+| 8 bits, or a group not a multiple of 32      | Q8_0      | re-quantized from the dequantized |
+| not quantized (2-D)                          | F16       | as saved                          |
+| norms (1-D)                                  | F32       | as saved                          |
 
 Q4_1 computes d*q + m; HQQ computes (q - zero)*scale: the same up to the fp16
 rounding of m. Q4_1 spends 5 bits per weight (two fp16 per 32 weights), so an

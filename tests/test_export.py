@@ -7,6 +7,8 @@ the same logits (exactly for the layers Q4_1 holds, closely for re-quantized one
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -159,3 +161,26 @@ def test_gguf_export_refuses_what_it_cannot_write(tiny_llama_dir, tmp_path):
                                         "GPT2LMHeadModel"):
         export_gguf.export(gpt2, tmp_path / "g.gguf")
     assert not list(tmp_path.glob("*.gguf")) and not list(tmp_path.glob(".*.tmp"))
+
+
+LLAMA_GREEDY = os.environ.get("AUTOQ_LLAMA_GREEDY")
+
+
+@pytest.mark.skipif(not LLAMA_GREEDY, reason="llama.cpp not built: run scripts/build_llama_cpp.sh "
+                    "and set AUTOQ_LLAMA_GREEDY to the llama_cpp_greedy it prints")
+def test_llama_cpp_runs_the_export_and_decodes_the_same_greedy_tokens(tiny_bpe_llama_dir,
+                                                                       tmp_path):
+    folder = apply(tmp_path, f"hf:{tiny_bpe_llama_dir}", EXACT, {"nbits": 4, "group_size": 64})
+    gguf = tmp_path / "model.gguf"
+    export_gguf.export(folder, gguf)
+    text = "the city of the national university"
+    r = subprocess.run([LLAMA_GREEDY, str(gguf), "8", text], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    lines = dict(line.split(" ", 1) for line in r.stdout.strip().splitlines())
+    ours = saved.load(folder, CPU, F32)
+    ids = ours.tokenizer(text, return_tensors="pt").input_ids
+    assert [int(t) for t in lines["prompt"].split()] == ids[0].tolist()
+    want = ours.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=8,
+                               do_sample=False)[0, ids.shape[1]:].tolist()
+    assert [int(t) for t in lines["new"].split()] == want
