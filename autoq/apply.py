@@ -48,12 +48,16 @@ def apply_plan(plan_path: str | Path, s: EvalSettings = EvalSettings(), *,
     progress.say(f"loading model {plan.model}")
     loaded = load_model(plan.model, dev, dt, checkpoint)
     resolved = plan.resolve(loaded.shapes(), loaded.keep(), str(plan_path))
-    task = get_task(s.task or loaded.default_task) if evaluate else None
+    usual = get_task(s.task or loaded.default_task)
+    task = usual if evaluate else None
     dataset = task.load(loaded, s.data, s.seq_len, s.limit) if task else None
     quantize_(loaded.model, resolved, device=dev, dtype=dt, cache=LayerCache(s.cache_dir))
     saved.round_to_storage_(loaded.model, saved.storage_dtype(dt))  # compute what is saved
     size = measure(loaded.model)
     reference = loaded.kind.probe_output(loaded)
+    names = usual.class_names(s.data)
+    if names and len(names) == reference.shape[-1]:  # an image classifier's task with names
+        loaded.class_names = names  # saved in autoq.json for `autoq predict`
     plan.metrics.update(size_mib=size.size_mib, bits_per_weight=size.bits_per_weight,
                         model_bits_per_weight=size.model_bits_per_weight)
     cov = of_model(loaded, resolved)

@@ -132,16 +132,20 @@ class Inputs:
     checkpoint: str | None  # absolute
 
 
+def hardware(device: str, dtype: str, backend: str) -> None:
+    if not DEVICE.fullmatch(device):
+        raise UserError(f"--device {device!r} is not auto, cpu, cuda or cuda:N.")
+    choice("--dtype", dtype, DTYPES)
+    choice("--backend", backend, BACKENDS)
+
+
 def inputs(model: str, task: str | None, data: str | None, seq_len: int | None,
            limit: int | None, checkpoint: str | None, device: str, dtype: str,
            backend: str, cache_dir: str | None) -> Inputs:
     from .models import check_model, entry_for
 
     check_counts(seq_len, limit)
-    if not DEVICE.fullmatch(device):
-        raise UserError(f"--device {device!r} is not auto, cpu, cuda or cuda:N.")
-    choice("--dtype", dtype, DTYPES)
-    choice("--backend", backend, BACKENDS)
+    hardware(device, dtype, backend)
     folder_path("--cache-dir", cache_dir)
     checkpoint = checkpoint_file(checkpoint)
     entry = entry_for(model)[0]
@@ -235,3 +239,52 @@ def check_out(out: Path, force: bool) -> None:
     folder_path("--out", out)
     if out.exists() and any(out.iterdir()) and not force:
         raise UserError(f"--out {out} exists and is not empty; pick a new folder or pass --force.")
+
+
+# ---- generate, predict, export: a saved folder ---------------------------------------------
+USE = {"lm": "autoq generate {dir} --prompt TEXT", "vit": "autoq predict {dir} IMAGE..."}
+
+
+def saved_folder(path: str | Path, kind: str | None = None) -> dict:
+    """`autoq.json` of a folder written by `autoq apply` (of `kind`, when given)."""
+    import json
+
+    p = Path(path)
+    if not p.is_dir():
+        raise UserError(f"{path}: no such folder; give the --out folder of `autoq apply`.")
+    try:
+        meta = json.loads((p / "autoq.json").read_text())
+        if not isinstance(meta, dict) or meta.get("kind") not in USE or "format" not in meta:
+            raise ValueError("not an autoq.saved object")
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: not a folder written by `autoq apply` (autoq.json: "
+                        f"{e.__class__.__name__}); give the --out folder of apply.")
+    if kind is not None and meta["kind"] != kind:
+        raise UserError(f"{path} holds {KIND_WORDS[meta['kind']]}, not {KIND_WORDS[kind]}; "
+                        f"use `{USE[meta['kind']].format(dir=path)}`.")
+    return meta
+
+
+def sampling(max_new_tokens: int, temperature: float, top_p: float) -> None:
+    at_least("--max-new-tokens", max_new_tokens, 1, "tokens to generate")
+    if not temperature >= 0:
+        raise UserError(f"--temperature {temperature:g} must be 0 (greedy) or above.")
+    if not 0 < top_p <= 1:
+        raise UserError(f"--top-p {top_p:g} must be in (0, 1].")
+
+
+def new_file(flag: str, path: Path, force: bool) -> None:
+    """A file to write: its folder exists; an existing file is replaced only with --force."""
+    if path.is_dir():
+        raise UserError(f"{flag} {path} is a folder; give a file path.")
+    if not path.parent.is_dir():
+        raise UserError(f"{flag} {path}: folder {path.parent} does not exist; create it first.")
+    if path.exists() and not force:
+        raise UserError(f"{flag} {path} exists; pick a new file or pass --force.")
+
+
+def image_files(paths: list[str]) -> list[str]:
+    for path in paths:
+        if not Path(path).is_file():
+            raise UserError(f"{path}: no such image file.")
+    return [str(Path(p).resolve()) for p in paths]

@@ -372,9 +372,14 @@ def report(sources: Optional[list[str]] = typer.Argument(
         console.print(f"wrote {path}")
 
 
+from . import cli_run  # noqa: E402,F401  (registers generate, predict, export)
+
+
 def main() -> None:
     app(prog_name="autoq")
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # python -m autoq.cli: the app of the module, with cli_run's commands
+    from autoq.cli import main as module_main
+
+    module_main()

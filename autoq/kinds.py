@@ -61,6 +61,10 @@ class Kind:
         """LoadedModel fields read back from a saved folder (tokenizer / transform)."""
         return {}
 
+    def processor(self, loaded):
+        """What turns a user's input into the model's: the tokenizer / the eval transform."""
+        raise NotImplementedError
+
 
 class LanguageModel(Kind):
     name, words = "lm", "a causal language model"
@@ -101,22 +105,40 @@ class LanguageModel(Kind):
         return {"family": "hf"}
 
     def save_extras(self, loaded, folder):
-        loaded.model.config.architectures = [loaded.model.__class__.__name__]
-        loaded.model.config.save_pretrained(folder)
+        """config.json as the architecture (its class, the stored dtype) with no stale
+        `quantization_config` (a model read from a GGUF carries one naming that file),
+        generation_config.json (end-of-text ids) and the tokenizer."""
+        import copy
+
+        from .saved import storage_dtype
+
+        config = copy.deepcopy(loaded.model.config)
+        config.architectures = [loaded.model.__class__.__name__]
+        config.__dict__.pop("quantization_config", None)
+        config.dtype = storage_dtype(loaded.dtype)
+        config.save_pretrained(folder)
+        if getattr(loaded.model, "generation_config", None) is not None:
+            loaded.model.generation_config.save_pretrained(folder)
         loaded.tokenizer.save_pretrained(folder)
 
     def skeleton(self, folder, arch, dtype):
         from accelerate import init_empty_weights
-        from transformers import AutoConfig, AutoModelForCausalLM
+        from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
 
         config = AutoConfig.from_pretrained(folder)
         with init_empty_weights(include_buffers=False):
-            return AutoModelForCausalLM.from_config(config, dtype=dtype)
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        if (Path(folder) / "generation_config.json").exists():
+            model.generation_config = GenerationConfig.from_pretrained(folder)
+        return model
 
     def extras(self, folder, model):
         from transformers import AutoTokenizer
 
         return {"tokenizer": AutoTokenizer.from_pretrained(folder)}
+
+    def processor(self, loaded):
+        return loaded.tokenizer
 
 
 class ImageClassifier(Kind):
@@ -171,6 +193,15 @@ class ImageClassifier(Kind):
 
         return {"transform": eval_transform(model)}
 
+    def processor(self, loaded):
+        return loaded.transform
+
 
 KINDS: dict[str, Kind] = {k.name: k for k in (LanguageModel(), ImageClassifier())}
+
+
+def kind_of(model: nn.Module) -> Kind:
+    """The kind of a model someone brings: a timm classifier has `get_classifier`;
+    anything else is treated as an LM (only its head detection is used)."""
+    return KINDS["vit"] if callable(getattr(model, "get_classifier", None)) else KINDS["lm"]
 

@@ -8,6 +8,11 @@ with its metrics), `autoq.json` (what rebuilds the architecture) and, for LMs,
 A tied embedding and head are stored once: the second name holds `{"tied_to":
 first}`. An expert parameter with some quantized experts stores its other experts
 one by one (`<module>.<param>.<e>`: {"weight"}).
+
+`autoq.json` also says which loaders can read the folder (`loaders`): autoq's
+always; hqq's `AutoHQQHFModel.from_quantized` only when every quantized layer is a
+plain `nn.Linear` of a transformers LM (`hqq_problem` says why not otherwise), and
+an image classifier's class names (`class_names`) when its task has them.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from torch import nn
 from .errors import UserError
 from .io import umask
 from .kinds import KINDS
-from .layers import LAYER_TYPES, units_of
+from .layers import LAYER_TYPES, ORIGINALS, units_of
 from .models import LoadedModel
 from .plan import Plan
 from .qmodules import ExpertWeights
@@ -33,6 +38,8 @@ from .quantize import installed, meta_16bit, put
 WEIGHTS = "qmodel.pt"
 FORMAT = "autoq.saved/1"
 TIED = "tied_to"
+AUTOQ_LOADER = "autoq.load"
+HQQ_LOADER = "hqq.models.hf.base.AutoHQQHFModel.from_quantized"
 
 
 def storage_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -116,6 +123,34 @@ def round_to_storage_(model: nn.Module, dtype: torch.dtype) -> None:
                     round_(t)
 
 
+def hqq_problem(loaded: LoadedModel, weights: dict[str, dict]) -> str | None:
+    """Why hqq 0.2.8's loader cannot rebuild this saved model, or None. It rebuilds a
+    transformers model and turns every saved state with `W_q` into a plain HQQLinear;
+    it matches layer types exactly (`type(m) in [nn.Linear, HQQLinear, ...]`) and
+    loads leaf modules only."""
+    if loaded.kind.arch(loaded).get("family") != "hf":
+        return "it rebuilds transformers models only (AutoHQQHFModel), not timm ones"
+    units = units_of(loaded.model)
+    for name in installed(loaded.model):
+        unit = units[name]
+        if unit.type == "embedding":
+            return (f"{name} is a quantized embedding, which it would rebuild as an "
+                    "HQQLinear (a matmul, not a lookup)")
+        if unit.type == "expert":
+            return f"{name} is a quantized MoE expert, stored per expert, which it does not read"
+        cls = type(getattr(loaded.model, ORIGINALS)[name])
+        if cls is not nn.Linear:
+            return (f"{name} is a {cls.__name__}, not exactly nn.Linear: it loads such a layer "
+                    "in its first pass and then fails on it with \"'HQQLinear' object has no "
+                    "attribute 'name'\"")
+    modules = dict(loaded.model.named_modules())
+    for name in weights:
+        if name in modules and next(modules[name].children(), None) is not None:
+            return (f"{name or 'the model'} holds tensors beside submodules, and it loads "
+                    "leaf modules only")
+    return None
+
+
 def save(loaded: LoadedModel, plan: Plan, out: str | Path, overwrite: bool = False,
          verify: Callable[[Path], None] | None = None) -> Path:
     """Write the folder under a temporary name, run `verify(tmp_folder)` (which raises
@@ -127,10 +162,15 @@ def save(loaded: LoadedModel, plan: Plan, out: str | Path, overwrite: bool = Fal
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
     try:
         tmp.chmod(0o777 & ~umask())  # mkdtemp makes 0700
-        torch.save(serialize(loaded.model, storage_dtype(loaded.dtype)), tmp / WEIGHTS)
+        weights = serialize(loaded.model, storage_dtype(loaded.dtype))
+        torch.save(weights, tmp / WEIGHTS)
         loaded.kind.save_extras(loaded, tmp)
+        hqq = hqq_problem(loaded, weights)
         meta = {"format": FORMAT, "model": loaded.spec, "kind": loaded.kind.name,
-                "heads": sorted(loaded.heads), "arch": loaded.kind.arch(loaded)}
+                "heads": sorted(loaded.heads), "arch": loaded.kind.arch(loaded),
+                "loaders": {AUTOQ_LOADER: "yes", HQQ_LOADER: f"no: {hqq}" if hqq else "yes"}}
+        if loaded.class_names:
+            meta["class_names"] = list(loaded.class_names)
         (tmp / "autoq.json").write_text(json.dumps(meta, indent=2) + "\n")
         plan.save(tmp / "plan.json")
         if verify is not None:
@@ -194,4 +234,5 @@ def load(folder: str | Path, device: torch.device, dtype: torch.dtype) -> Loaded
                     setattr(module, key, nn.Parameter(cast(value), requires_grad=False))
     model.to(device).eval().requires_grad_(False)
     return LoadedModel(meta["model"], kind, model, device, dtype, set(meta["heads"]),
-                       arch=meta["arch"], **kind.extras(folder, model))
+                       arch=meta["arch"], class_names=meta.get("class_names"),
+                       **kind.extras(folder, model))

@@ -4,6 +4,8 @@ Session-scoped so every test file reuses them:
 
 - `tiny_llama_dir`: a folder with a 2-layer random LlamaForCausalLM (hidden 64, tied
   embeddings) and a small word-level tokenizer; load it with `--model hf:<dir>`.
+- `tiny_bpe_llama_dir`: the same Llama with a byte-level BPE tokenizer (vocabulary 320,
+  GPT-2 style, as GGUF wants) and a chat template.
 - `tiny_vit_checkpoint`: `(spec, path)` of a 2-block random timm ViT for 32x32 images
   and its state dict; load it with `--model timm:<spec> --checkpoint <path>`.
 - `tiny_text_file`: a raw text file whose words the tiny tokenizer knows (many windows).
@@ -83,6 +85,41 @@ def tiny_llama_dir(tmp_path_factory) -> Path:
     model = LlamaForCausalLM(config)
     model.save_pretrained(folder)
     tiny_tokenizer().save_pretrained(folder)
+    return folder
+
+
+CHAT_TEMPLATE = ("{% for m in messages %}<s>{{ m['content'] }}</s>{% endfor %}"
+                 "{% if add_generation_prompt %}<s>{% endif %}")
+
+
+def tiny_bpe_tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator([" ".join(WORDS)] * 20, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>",
+                                   eos_token="</s>")
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+@pytest.fixture(scope="session")
+def tiny_bpe_llama_dir(tmp_path_factory) -> Path:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    folder = tmp_path_factory.mktemp("tiny_bpe_llama")
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=320, hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=256, tie_word_embeddings=True,
+                         bos_token_id=1, eos_token_id=2)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tiny_bpe_tokenizer().save_pretrained(folder)
     return folder
 
 

@@ -33,6 +33,7 @@ class LoadedModel:
     transform: Callable | None = None  # ViTs: the model's own eval transform
     arch: dict = field(default_factory=dict)       # what rebuilds the skeleton on reload
     default_task: str = ""         # its usual task: the registry entry's, else the kind's
+    class_names: list[str] | None = None  # image classifiers: output index -> name, if known
 
     def __post_init__(self):
         self.default_task = self.default_task or self.kind.default_task

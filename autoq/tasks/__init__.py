@@ -29,6 +29,7 @@ class TaskImpl:
     describe: Callable     # (dataset) -> the protocol, in words
     calibration: Callable  # (dataset, n) -> n (input, target) batches from the first units
     loss: Callable         # (loaded_model, (input, target)) -> differentiable mean loss
+    names: Callable = lambda task, data: None  # (task, data) -> class names, or None
 
 
 IMPLS: dict[str, TaskImpl] = {}
@@ -103,6 +104,10 @@ class Task:
 
     def loss(self, loaded, batch):
         return self.impl.loss(loaded, batch)
+
+    def class_names(self, data: str | None) -> list[str] | None:
+        """The classes' names (index -> name) where the task knows them, else None."""
+        return self.impl.names(self, data)
 
     def score(self, loaded, dataset, reference: Mapping | None = None) -> dict[str, float]:
         """The metrics on all the data (kld with a reference)."""

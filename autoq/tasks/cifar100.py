@@ -14,6 +14,7 @@ from __future__ import annotations
 import pickle
 import random
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Iterator
 
 import numpy as np
@@ -41,6 +42,15 @@ def read_pickle(folder) -> tuple[np.ndarray, list[int]]:
     if len(labels) != len(data):
         raise UserError(f"--data {folder}: {len(data)} images but {len(labels)} labels.")
     return data.transpose(0, 2, 3, 1), labels
+
+
+def names(task, data) -> list[str] | None:
+    """The 100 fine label names from the `meta` file of a cifar-100-python folder."""
+    try:
+        with open(Path(data) / "meta", "rb") as f:
+            return [n.decode() for n in pickle.load(f, encoding="bytes")[b"fine_label_names"]]
+    except Exception:  # no --data, no meta file, or another layout: no names
+        return None
 
 
 def read_hub(task) -> tuple[list, list[int]]:
@@ -128,4 +138,5 @@ def loss(loaded, batch) -> torch.Tensor:
 
 
 register("cifar100", load=load, outputs=outputs, value=hit, count=len, take=take,
-         describe=lambda d: f"cifar100 {d.label}, top-1", calibration=calibration, loss=loss)
+         describe=lambda d: f"cifar100 {d.label}, top-1", calibration=calibration, loss=loss,
+         names=names)

@@ -57,4 +57,5 @@ def load(task, loaded, data, seq_len, limit, split: str = "search") -> cifar100.
 
 register("digits", load=load, outputs=cifar100.outputs, value=cifar100.hit, count=len,
          take=cifar100.take, describe=lambda d: f"digits {d.label}, top-1",
-         calibration=cifar100.calibration, loss=cifar100.loss)
+         calibration=cifar100.calibration, loss=cifar100.loss,
+         names=lambda task, data: [str(i) for i in range(10)])
