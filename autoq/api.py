@@ -80,7 +80,7 @@ def quantize(model: nn.Module, plan: Any, *, backend: str = "auto",
     from .layers import tied_groups
     from .models import LoadedModel
     from .plan import tie_notes
-    from .quantize import LayerCache, quantize_
+    from .quant import LayerCache, quantize_
     from .size import measure
 
     the_plan = as_plan(plan)

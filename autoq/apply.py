@@ -20,7 +20,7 @@ from .coverage import summary as coverage_summary
 from .layers import tied_groups
 from .models import check_model, load_model, pick_device, pick_dtype
 from .plan import Plan, tie_notes
-from .quantize import LayerCache, quantize_
+from .quant import LayerCache, quantize_
 from .size import measure, saved_tensor_bytes
 from .tasks import get_task
 

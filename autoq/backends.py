@@ -159,7 +159,7 @@ def prepare_(model: nn.Module, backend: str) -> dict:
     the quantized layers that stay on HQQ's torch backend, and why.
     """
     from .layers import set_module, units_of
-    from .quantize import installed, layer_config
+    from .quant import installed, layer_config
 
     b = BACKENDS[backend]
     converted, fallback = 0, {}

@@ -21,7 +21,7 @@ from .backends import prepare_, require_backend
 from .models import load_model, pick_device, pick_dtype
 from .plan import LayerConfig, Plan
 from .progress import say
-from .quantize import LayerCache, quantize_
+from .quant import LayerCache, quantize_
 from .size import Size, measure
 from .tasks import get_task
 

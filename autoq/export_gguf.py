@@ -124,7 +124,7 @@ def tensors(model, config):
     """(GGUF name, HQQ layer or None, float weight or None, q/k heads or None) for every
     tensor of a Llama model; a head tied to the embedding is left out (llama.cpp ties
     a missing `output.weight` to `token_embd.weight`)."""
-    from .quantize import installed
+    from .quant import installed
 
     layers = installed(model)
 

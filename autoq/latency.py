@@ -43,7 +43,7 @@ from torch import nn
 from .backends import require_backend, served_by
 from .io import write_json
 from .plan import LayerConfig, label_of
-from .quantize import unquantized
+from .quant import unquantized
 
 FORMAT = "autoq.latency/1"
 MATMUL, LOOKUP = "matmul", "lookup"
@@ -201,7 +201,7 @@ def timing_layer(fin: int, fout: int, cfg: LayerConfig | None, served: str,
     """A random layer of that shape as served (weights' values do not change speed;
     quantized without HQQ's solver: the same packing, fast)."""
     from .backends import BACKENDS
-    from .quantize import quantize_matrix
+    from .quant import quantize_matrix
 
     g = torch.Generator().manual_seed(seed)
     linear = nn.Linear(fin, fout, bias=False)

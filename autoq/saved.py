@@ -33,7 +33,7 @@ from .layers import LAYER_TYPES, ORIGINALS, units_of
 from .models import LoadedModel
 from .plan import Plan
 from .qmodules import ExpertWeights
-from .quantize import installed, meta_16bit, put
+from .quant import installed, meta_16bit, put
 
 WEIGHTS = "qmodel.pt"
 FORMAT = "autoq.saved/1"

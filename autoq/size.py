@@ -69,7 +69,7 @@ class _Counter:
 
 def measure(model: nn.Module) -> Size:
     from .layers import units_of
-    from .quantize import installed
+    from .quant import installed
 
     units, layers = units_of(model), installed(model)
     count = _Counter()

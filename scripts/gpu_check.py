@@ -361,7 +361,7 @@ def part_lm(state: PartState, ctx: argparse.Namespace) -> None:
     from autoq.backends import prepare_, require_backend
     from autoq.latency import LatencyModel
     from autoq.models import pick_device, pick_dtype
-    from autoq.quantize import LayerCache, quantize_
+    from autoq.quant import LayerCache, quantize_
     from autoq.size import measure
 
     device = pick_device("auto")
@@ -486,7 +486,7 @@ def part_vit(state: PartState, ctx: argparse.Namespace) -> None:
     from autoq.latency import LatencyModel
     from autoq.models import pick_device, pick_dtype
     from autoq.plan import LayerConfig, uniform_plan
-    from autoq.quantize import LayerCache, quantize_
+    from autoq.quant import LayerCache, quantize_
     from autoq.size import measure
 
     device = pick_device("auto")

@@ -27,7 +27,7 @@ import torch
 from autoq.evaluate import EvalSettings, Evaluator
 from autoq.io import write_json
 from autoq.plan import Plan
-from autoq.quantize import LayerCache
+from autoq.quant import LayerCache
 
 
 def main() -> None:

@@ -25,7 +25,7 @@ import torch
 from autoq.evaluate import EvalSettings, Evaluator
 from autoq.io import write_json
 from autoq.plan import LayerConfig
-from autoq.quantize import LayerCache
+from autoq.quant import LayerCache
 
 LLAMA_3_2_1B = dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192,
                     num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,

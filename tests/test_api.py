@@ -20,7 +20,7 @@ from autoq.cli import app
 from autoq.errors import UserError
 from autoq.models import load_model
 from autoq.plan import FORMAT, Plan
-from autoq.quantize import installed, quantize_
+from autoq.quant import installed, quantize_
 from autoq.size import measure
 
 ROOT = Path(__file__).resolve().parents[1]

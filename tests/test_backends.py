@@ -16,13 +16,13 @@ from torch import nn
 from typer.testing import CliRunner
 
 from autoq import backends
-from autoq.quantize import layer_config
+from autoq.quant import layer_config
 from autoq.backends import (BACKENDS, gemlite_problem, prepare_,
                             require_backend, served_by, servable)
 from autoq.cli import app
 from autoq.errors import UserError
 from autoq.plan import NBITS, LayerConfig
-from autoq.quantize import quantize_
+from autoq.quant import quantize_
 
 CPU = torch.device("cpu")
 

@@ -14,7 +14,7 @@ from autoq.layers import tied_groups
 from autoq.models import load_model
 from autoq.plan import LayerConfig, Plan, tie_notes
 from autoq.qmodules import gather_rows
-from autoq.quantize import installed, quantize_, quantize_matrix
+from autoq.quant import installed, quantize_, quantize_matrix
 from autoq.size import measure, saved_tensor_bytes
 
 CPU, F32 = torch.device("cpu"), torch.float32

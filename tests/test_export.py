@@ -20,7 +20,7 @@ from autoq.cli import app
 from autoq.errors import UserError
 from autoq.models import load_model
 from autoq.plan import FORMAT, Plan
-from autoq.quantize import quantize_matrix
+from autoq.quant import quantize_matrix
 from families import make_lm
 
 CPU, F32 = torch.device("cpu"), torch.float32

@@ -17,7 +17,7 @@ from autoq.latency import LatencyModel, bench_layer, layer_key, timing_layer
 from autoq.models import LoadedModel, load_model
 from autoq.kinds import KINDS
 from autoq.plan import LayerConfig
-from autoq.quantize import quantize_
+from autoq.quant import quantize_
 
 CPU = torch.device("cpu")
 Q4, Q3 = LayerConfig(4, 64), LayerConfig(3, 64)

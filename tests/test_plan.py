@@ -103,7 +103,7 @@ def test_packing_constraint_matches_hqq():
     (which it rejects) is what HQQ's packing cannot do."""
     import torch
 
-    from autoq.quantize import quantize_matrix
+    from autoq.quant import quantize_matrix
 
     def quantize_linear(lin, cfg, device, dtype):
         return quantize_matrix(lin.weight.data, None, cfg, device, dtype)

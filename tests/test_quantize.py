@@ -11,8 +11,8 @@ from torch import nn
 
 from autoq.models import load_model
 from autoq.plan import LayerConfig
-from autoq.quantize import LayerCache, quantize_
-from autoq.quantize import shapes as linear_shapes
+from autoq.quant import LayerCache, quantize_
+from autoq.quant import shapes as linear_shapes
 
 CPU = torch.device("cpu")
 F32 = torch.float32
@@ -135,7 +135,7 @@ def test_cache_quantizes_each_pair_once(llama):
 
 def test_disk_cache_reused_across_caches_and_keyed_by_weights(tmp_path, tiny_llama_dir,
                                                               monkeypatch):
-    import autoq.quantize as q
+    import autoq.quant as q
 
     folder = tmp_path / "layers"
     planned = {n: c for n, c in MIXED.items() if c is not None}

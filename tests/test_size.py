@@ -12,8 +12,8 @@ from autoq import saved
 from autoq.models import load_model
 from autoq.plan import LayerConfig, Plan
 from autoq.search.prior import layer_bits
-from autoq.quantize import quantize_
-from autoq.quantize import shapes as linear_shapes
+from autoq.quant import quantize_
+from autoq.quant import shapes as linear_shapes
 from autoq.size import measure, saved_tensor_bytes
 
 CPU = torch.device("cpu")

@@ -24,7 +24,7 @@ from ..io import write_json
 from ..plan import LayerConfig, label_of
 from ..progress import track
 from ..layers import matrix_of, param_of, view_of
-from ..quantize import unquantized
+from ..quant import unquantized
 
 METHOD = "fisher-diag/1"
 
