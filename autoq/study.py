@@ -117,9 +117,10 @@ def front(items: Sequence[tuple[K, Mapping]], target: Target, x: str = "size_mib
 
 def best(items: Sequence[tuple[K, Mapping]], target: Target,
          number_of: Callable[[K], int | None] = lambda k: None, x: str = "size_mib") -> K | None:
-    """The smallest (by `x`) item that meets the target; ties: the lower trial number,
-    then the earlier item."""
-    ok = [(size, n if (n := number_of(k)) is not None else math.inf, i)
+    """The smallest (by `x`) item that meets the target; ties: the better quality (so
+    the best is always on the front), then the lower trial number, then the earlier item."""
+    sign = -1.0 if target.higher_is_better else 1.0
+    ok = [(size, sign * m[target.metric], n if (n := number_of(k)) is not None else math.inf, i)
           for i, (k, m) in enumerate(items)
           if target.meets(m) and (size := number(m.get(x))) is not None]
-    return items[min(ok)[2]][0] if ok else None
+    return items[min(ok)[3]][0] if ok else None

@@ -162,7 +162,8 @@ def test_series_uses_complete_trials_once_and_the_reference_points():
 def test_best_trial_is_the_smallest_that_meets_target_and_size_limit():
     s = _study([(10, 30, 5, "COMPLETE"), (20, 24, 4, "COMPLETE"), (12, 25, 4, "COMPLETE"),
                 (12, 24, 4, "COMPLETE"), (8, 20, 4, "PRUNED")])
-    assert rows.best_trial(s).number == 2  # 12 MiB meets 25; trial 3 ties on size, later
+    # 12 MiB meets 25 twice: trial 3, the better one at that size (trial 2 is dominated)
+    assert rows.best_trial(s).number == 3
     s.meta["max_size_mib"] = 11
     assert rows.best_trial(s) is None
     assert rows.best_trial(_study([(10, 0.7, 1, "COMPLETE"), (5, 0.5, 1, "COMPLETE")],

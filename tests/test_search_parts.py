@@ -138,3 +138,8 @@ def test_to_measure_takes_the_best_and_spreads_the_rest():
     assert to_measure(2, front, 12) == {2, 0}
     assert to_measure(3, front, None) == {0, 2, 5}
     assert to_measure(1, front, 15) == {5}
+
+
+def test_best_is_on_the_front_when_two_configs_tie_on_size():
+    items = [("worse", {"size_mib": 12, "ppl": 29.5}), ("better", {"size_mib": 12, "ppl": 29.0})]
+    assert contract.best(items, PPL) == "better" and contract.front(items, PPL) == ["better"]
