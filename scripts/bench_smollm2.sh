@@ -1,29 +1,42 @@
 #!/usr/bin/env bash
-# The committed SmolLM2-135M / WikiText-2 benchmark (CPU, offline), end to end, as run:
-# two searches (ppl 35; ppl 30.12) sharing baselines, sensitivities and the layer
-# cache under one --out, the trial-cost comparison, the independent hqq check of the
-# plans, and the report.
-# Usage: bash scripts/bench_smollm2.sh
+# The SmolLM2-135M / WikiText-2 benchmark (CPU, offline), issue 14's protocol: configs are
+# searched on the validation split (first 40 windows of 512) and reported on the test split
+# (first 160 windows of 512). Three studies share the baselines, sensitivities, one-shot
+# plans and the layer cache under one --out: ppl at fp + 5%, ppl at the uniform 4:64 level
+# (both on the search split), and a KL target. Then the whole-model uniform 4:64 numbers on
+# the reference protocol (test, first 40 windows) and the report.
+# Usage: bash scripts/bench_smollm2.sh [python]   (the interpreter, default .venv/bin/python)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-OUT=results/benchmarks/smollm2-wikitext2
-DATA=../shared/data/wikitext-2-raw/wiki.test.raw
-COMMON=(--model smollm2 --task wikitext2 --data "$DATA" --seq-len 512 --limit 40
-        --space "$OUT/space.yaml" --out "$OUT" --seed 0)
+PY=${1:-.venv/bin/python}
+OUT=results/benchmarks/smollm2-splits
+VALID=../shared/data/wikitext-2-raw/wiki.valid.raw
+TEST=../shared/data/wikitext-2-raw/wiki.test.raw
+SEARCH=(--model smollm2 --data "$VALID" --seq-len 512 --limit 40)
 log() { echo "[$(date -u +%FT%TZ)] $*" | tee -a "$OUT/bench.log"; }
-search() {
-  log "autoq search ${COMMON[*]} $*"
-  /usr/bin/time -f "%e s wall" -a -o "$OUT/bench.log" .venv/bin/autoq search "${COMMON[@]}" "$@"
-}
-log "start: $(nproc) cores, $(python3 --version 2>&1), git $(git rev-parse --short HEAD)"
-search --target-ppl 35 --study ppl35 --trials 24 --seeds 6 --measure-front 2
-search --target-ppl 30.12 --study ppl30.12 --trials 30 --seeds 6 --measure-front 2
-log "trial cost"
-.venv/bin/python scripts/trial_cost.py "$OUT/ppl35" --sample 1
-.venv/bin/python scripts/trial_cost.py "$OUT/ppl30.12" --sample 1
-log "independent check"
-.venv/bin/python scripts/independent_check.py "$OUT/ppl35/best.json" \
-    "$OUT/ppl30.12/best.json" --out "$OUT/independent-check.json"
+autoq() { "$PY" -m autoq.cli "$@"; }
+timed() { log "autoq $*"; /usr/bin/time -f "%e s wall" -a -o "$OUT/bench.log" "$PY" -m autoq.cli "$@"; }
+log "start: $(nproc) cores, $("$PY" --version 2>&1), torch $("$PY" -c 'import torch; print(torch.__version__)'), git $(git rev-parse --short HEAD)"
+# the targets, on the search split
+[ -s "$OUT/eval-valid-fp.json" ] || timed eval "${SEARCH[@]}" --json -q > "$OUT/eval-valid-fp.json"
+[ -s "$OUT/eval-valid-u4.json" ] || timed eval "${SEARCH[@]}" --uniform 4:64 --kld --json -q > "$OUT/eval-valid-u4.json"
+FP=$("$PY" -c "import json; print(json.load(open('$OUT/eval-valid-fp.json'))['ppl'])")
+U4=$("$PY" -c "import json; print(json.load(open('$OUT/eval-valid-u4.json'))['ppl'])")
+KL=$("$PY" -c "import json; print(round(json.load(open('$OUT/eval-valid-u4.json'))['kld'] / 2, 4))")
+PPL5=$("$PY" -c "print(round($FP * 1.05, 3))")
+PPLU4=$("$PY" -c "print(round($U4, 3))")
+log "targets: ppl $PPL5 (fp $FP + 5%), ppl $PPLU4 (uniform 4:64), kld $KL (half of uniform 4:64's)"
+COMMON=("${SEARCH[@]}" --report-data "$TEST" --report-limit 160 --space "$OUT/space.yaml"
+        --out "$OUT" --seed 0 --measure-front 2 -q)
+timed search "${COMMON[@]}" --target-ppl "$PPL5" --study ppl-fp5 --trials 24
+timed search "${COMMON[@]}" --target-ppl "$PPLU4" --study ppl-u4 --trials 24
+timed search "${COMMON[@]}" --target-kld "$KL" --study kld --trials 20
+# issue 11: the whole model at uniform 4:64 (every linear and the tied embedding), and fp,
+# on the reference protocol (test, first 40 windows of 512)
+REF=(--model smollm2 --data "$TEST" --seq-len 512 --limit 40 --split report)
+[ -s "$OUT/eval-test-fp.json" ] || timed eval "${REF[@]}" --json -q > "$OUT/eval-test-fp.json"
+[ -s "$OUT/eval-test-u4-whole.json" ] || timed eval "${REF[@]}" --uniform 4:64 --whole-model --json -q > "$OUT/eval-test-u4-whole.json"
+[ -s "$OUT/eval-test-u4.json" ] || timed eval "${REF[@]}" --uniform 4:64 --json -q > "$OUT/eval-test-u4.json"
 log "report"
-.venv/bin/autoq report "$OUT" --out "$OUT/report" -q
+autoq report "$OUT" --out "$OUT/report" -q
 log "done"
