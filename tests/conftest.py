@@ -72,6 +72,16 @@ def tiny_tokenizer():
                                    eos_token="</s>")
 
 
+@pytest.fixture
+def one_thread():
+    """A tiny model runs faster on one thread (and the CI has two cores for everything);
+    use with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_llama_dir(tmp_path_factory) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM

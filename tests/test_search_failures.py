@@ -19,13 +19,7 @@ from searchkit import search_args
 TRIALS = 6
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """A tiny model runs faster on one thread (and the CI has two cores for everything)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def search(args: list[str]):
