@@ -18,6 +18,7 @@ from typing import Callable, Mapping
 import torch
 
 from .backends import prepare_, require_backend
+from .kld import Top
 from .models import load_model, pick_device, pick_dtype
 from .plan import LayerConfig, Plan
 from .progress import say
@@ -85,16 +86,20 @@ class Evaluator:
                                       self.task.protocol(dataset), total)
         return self.splits[name]
 
-    def calibration(self, n: int) -> str:
-        """A split of the search split's first `n` units, with its reference (one-shot
-        measurements on a few units); returns its name."""
-        name = f"calibration-{n}"
+    def calibration(self, n: int, tokens: int | None = None) -> str:
+        """A split of the search split's first `n` units (each cut to its first `tokens`
+        tokens, for LMs), with its reference: for one-shot measurements on a few units;
+        returns its name."""
+        name = f"calibration-{n}-{tokens}"
         if name not in self.splits:
             sp = self.search
             subset = self.task.take(sp.dataset, range(min(n, sp.total)))
+            if tokens is not None:
+                subset = self.task.shorten(subset, tokens)
             total = self.task.count(subset)
+            rows = None if tokens is None else tokens - 1   # next-token predictions
             reference = None if sp.reference is None else \
-                {u: sp.reference[u] for u in subset.index}
+                {u: Top(*(t[:rows] for t in sp.reference[u])) for u in subset.index}
             self.splits[name] = Split(name, subset, subset, self.task.protocol(subset), total,
                                       reference)
         return name

@@ -4,7 +4,8 @@ series beside every searched front. Two signals, the same knapsack:
 - `sensitivity`: the Fisher-weighted quantization error of every (choice, option), the
   table the search's prior starts from (autoq/search/sensitivity.py);
 - `single-layer-kl`: quantize one choice at a time (everything else unquantized) and
-  measure the KL from the fp model on the first CALIBRATION units of the search split.
+  measure the KL from the fp model on the first CALIBRATION units of the search split
+  (for LMs, their first TOKENS tokens: one forward of 128 tokens per pair).
 
 For each signal and each budget (BUDGETS: bits per weight over the searched layers,
 scales and zeros included), the knapsack's config of the least predicted loss that fits
@@ -29,14 +30,15 @@ from .references import References, report_entry
 from .session import Session
 
 BUDGETS = (4.0, 4.5, 5.0, 6.0)   # bits per searched weight
-CALIBRATION = 1                  # search-split units the single-layer KL is measured on
+CALIBRATION = 1                  # search-split units the single-layer KL is measured on ...
+TOKENS = 128                     # ... each cut to its first 128 tokens (LMs)
 SIGNALS = ("sensitivity", "single-layer-kl")
 ONESHOT_FILE = "oneshot.json"
 
 
 def _key(session: Session, refs: References) -> str:
     choices = [[c.param, list(c.layers), list(c.labels)] for c in session.choices]
-    ident = [refs.key(), choices, BUDGETS, CALIBRATION]
+    ident = [refs.key(), choices, BUDGETS, CALIBRATION, TOKENS]
     return hashlib.sha256(json.dumps(ident).encode()).hexdigest()[:16]
 
 
@@ -47,11 +49,11 @@ def single_layer_kl(session: Session, refs: References) -> dict[str, dict[str, f
     if path.exists():
         return json.loads(path.read_text())
     ev = session.ev
-    split = ev.calibration(CALIBRATION)
+    split = ev.calibration(CALIBRATION, TOKENS)
     costs: dict[str, dict[str, float]] = {}
     pairs = [(c, o) for c in session.choices for o in c.options]
     session.say(f"one-shot: single-layer KL of {len(pairs)} (choice, option) pairs on "
-                f"{CALIBRATION} calibration unit(s)")
+                f"{ev.split(split).protocol}")
     for choice, cfg in pairs:
         row = costs.setdefault(choice.param, {})
         if cfg is None:

@@ -30,6 +30,9 @@ class TaskImpl:
     calibration: Callable  # (dataset, n) -> n (input, target) batches from the first units
     loss: Callable         # (loaded_model, (input, target)) -> differentiable mean loss
     names: Callable = lambda task, data: None  # (task, data) -> class names, or None
+    shorten: Callable = lambda dataset, tokens: dataset  # (dataset, tokens) -> each unit's
+                           # first `tokens` tokens (LMs; a causal model's first outputs
+                           # do not depend on the rest, so the reference's first rows hold)
 
 
 IMPLS: dict[str, TaskImpl] = {}
@@ -98,6 +101,9 @@ class Task:
 
     def protocol(self, dataset) -> str:
         return self.impl.describe(dataset)
+
+    def shorten(self, dataset, tokens: int):
+        return self.impl.shorten(dataset, tokens)
 
     def calibration(self, dataset, n: int) -> list:
         return self.impl.calibration(dataset, n)

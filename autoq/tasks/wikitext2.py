@@ -95,7 +95,12 @@ def describe(wins: Windows) -> str:
             "(non-overlapping), ppl=exp(mean NLL)")
 
 
-register("wikitext2", load=load, outputs=outputs, value=nll, count=len,
+def shorten(wins: Windows, tokens: int) -> Windows:
+    return Windows(wins.ids[:, :tokens], wins.index, wins.source) \
+        if tokens < wins.ids.shape[1] else wins
+
+
+register("wikitext2", load=load, outputs=outputs, value=nll, count=len, shorten=shorten,
          take=lambda w, idx: Windows(w.ids[list(idx)], [w.index[i] for i in idx], w.source),
          describe=describe,
          calibration=lambda w, n: [(x[None], x[None]) for x in w.ids[:n]], loss=loss)
