@@ -209,6 +209,20 @@ def search_budget(trials: int, timeout: float | None, max_size_mib: float | None
              "Pareto configs to re-measure; leave it out to measure all")
 
 
+def one_shot(text: str) -> tuple[float, ...]:
+    """--one-shot: comma-separated budgets in bits per searched weight, or none."""
+    if text.strip().lower() == "none":
+        return ()
+    try:
+        budgets = tuple(sorted({float(b) for b in text.split(",") if b.strip()}))
+    except ValueError:
+        budgets = ()
+    if not budgets or not all(1 <= b <= 16 for b in budgets):
+        raise UserError(f"--one-shot {text!r} must be budgets in bits per weight between 1 "
+                        "and 16, comma-separated (e.g. 4,4.5,5,6), or none.")
+    return budgets
+
+
 def search_setup(space: str | None, storage: str | None, out: Path, sampler: str,
                    trial_speed: str) -> None:
     choice("--sampler", sampler, SAMPLERS)

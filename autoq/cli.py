@@ -272,6 +272,11 @@ def search(model: str = Model(), task: Optional[str] = Task, data: Optional[str]
            measure_front: Optional[int] = typer.Option(
                None, "--measure-front", metavar="N", rich_help_panel=SPEED, show_default="all",
                help="Re-measure the speed of at most N Pareto configs (best first)."),
+           one_shot: str = typer.Option(
+               "4,4.5,5,6", "--one-shot", metavar="BITS,...|none", rich_help_panel=BUDGET,
+               help="Budgets (bits per searched weight) of the one-shot plans measured "
+               "beside the front (knapsack on the sensitivity and on the single-layer KL); "
+               "none: skip them."),
            device: str = Device, dtype: str = Dtype, backend: str = Backend,
            as_json: bool = Json, quiet: bool = Quiet):
     """Search per-layer HQQ configs for the smallest model meeting a quality target
@@ -286,6 +291,7 @@ def search(model: str = Model(), task: Optional[str] = Task, data: Optional[str]
     report_data = args.report_inputs(inp.task, report_data, report_limit)
     args.search_budget(trials, timeout, max_size_mib, prior_trials, measure_front)
     args.search_setup(space, storage, out, sampler, trial_speed)
+    budgets = args.one_shot(one_shot)
     import optuna
 
     from .search.run import SearchSettings
@@ -299,7 +305,8 @@ def search(model: str = Model(), task: Optional[str] = Task, data: Optional[str]
         target=target, metric=metric, trials=trials, max_size_mib=max_size_mib,
         timeout=timeout, space=space, study=study, storage=storage, out=str(out), seed=seed,
         prior_trials=prior_trials, trial_speed=trial_speed, prune=prune, sampler=sampler,
-        measure_front=measure_front, all_options=all_options, model_as_typed=model)
+        measure_front=measure_front, all_options=all_options, model_as_typed=model,
+        one_shot=budgets)
     result = run_search(settings, say=progress.say if progress.ENABLED else lambda m: None)
     if as_json:
         typer.echo(json.dumps({"study": result.study_dir.name, "study_dir": str(result.study_dir),

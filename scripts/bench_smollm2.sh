@@ -27,10 +27,12 @@ PPL5=$("$PY" -c "print(round($FP * 1.05, 3))")
 PPLU4=$("$PY" -c "print(round($U4, 3))")
 log "targets: ppl $PPL5 (fp $FP + 5%), ppl $PPLU4 (uniform 4:64), kld $KL (half of uniform 4:64's)"
 COMMON=("${SEARCH[@]}" --report-data "$TEST" --report-limit 160 --space "$OUT/space.yaml"
-        --out "$OUT" --seed 0 --measure-front 2 -q)
-timed search "${COMMON[@]}" --target-ppl "$PPL5" --study ppl-fp5 --trials 24
-timed search "${COMMON[@]}" --target-ppl "$PPLU4" --study ppl-u4 --trials 24
-timed search "${COMMON[@]}" --target-kld "$KL" --study kld --trials 20
+        --out "$OUT" --seed 0 --measure-front 2 --one-shot 4.5,5.5 -q)
+# sized to fit about two hours of this 2-core machine (a report-split score of 160 windows
+# takes 2-3 minutes, and every Pareto plan, baseline and one-shot plan gets one)
+timed search "${COMMON[@]}" --target-ppl "$PPL5" --study ppl-fp5 --trials 16
+timed search "${COMMON[@]}" --target-ppl "$PPLU4" --study ppl-u4 --trials 16
+timed search "${COMMON[@]}" --target-kld "$KL" --study kld --trials 14
 # issue 11: the whole model at uniform 4:64 (every linear and the tied embedding), and fp,
 # on the reference protocol (test, first 40 windows of 512)
 REF=(--model smollm2 --data "$TEST" --seq-len 512 --limit 40 --split report)

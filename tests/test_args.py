@@ -68,6 +68,9 @@ BAD = [
     ("measure-front 0", "search -m {llama} --target-ppl 10 --measure-front 0",
      "--measure-front 0 must be at least 1 (Pareto configs to re-measure; leave it out to "
      "measure all)."),
+    ("one-shot budget", "search -m {llama} --target-ppl 10 --one-shot 4,x",
+     "--one-shot '4,x' must be budgets in bits per weight between 1 and 16, comma-separated "
+     "(e.g. 4,4.5,5,6), or none."),
     ("task of another kind", "eval -m {llama} --task cifar100",
      "task cifar100 needs an image classifier (ViT), but '{llama}' is a causal language "
      "model; pick a matching --model or --task."),

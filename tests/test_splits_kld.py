@@ -108,6 +108,17 @@ def test_one_shot_plans_fit_their_budgets_and_use_each_signal(tmp_path, tiny_lla
         assert e["metrics"]["bits_per_weight"] <= e["budget_bits"] + 1e-9
 
 
+def test_one_shot_budgets_are_the_users_and_none_skips_them(tmp_path, tiny_llama_dir, splits):
+    search(tmp_path, tiny_llama_dir, splits, "--target-ppl", "1e6", "--trials", "2",
+           "--prior-trials", "1", "--one-shot", "5", "--study", "five")
+    shots = json.loads((tmp_path / "out" / "five" / oneshot.ONESHOT_FILE).read_text())
+    assert {e["budget_bits"] for e in shots.values()} == {5.0}
+    search(tmp_path, tiny_llama_dir, splits, "--target-ppl", "1e6", "--trials", "2",
+           "--prior-trials", "1", "--one-shot", "none", "--study", "none")
+    assert (tmp_path / "out" / "none" / "best.json").exists()
+    assert not (tmp_path / "out" / "none" / oneshot.ONESHOT_FILE).exists()
+
+
 def test_at_budget_is_the_least_loss_config_that_fits():
     costs = {"a": {"2": 4.0, "4": 1.0, "8": 0.1}, "b": {"2": 8.0, "4": 2.0, "8": 0.2}}
     bits = {p: {"2": 200.0, "4": 400.0, "8": 800.0} for p in costs}

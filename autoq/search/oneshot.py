@@ -7,7 +7,7 @@ series beside every searched front. Two signals, the same knapsack:
   measure the KL from the fp model on the first CALIBRATION units of the search split
   (for LMs, their first TOKENS tokens: one forward of 128 tokens per pair).
 
-For each signal and each budget (BUDGETS: bits per weight over the searched layers,
+For each signal and each budget (--one-shot, default BUDGETS: bits per weight over the searched layers,
 scales and zeros included), the knapsack's config of the least predicted loss that fits
 (autoq.search.knapsack.at_budget) is evaluated like a trial: exact size, the search
 split in full, predicted speed; at the end of a search also the report split. They
@@ -29,7 +29,7 @@ from .prior import Prior
 from .references import References, report_entry
 from .session import Session
 
-BUDGETS = (4.0, 4.5, 5.0, 6.0)   # bits per searched weight
+BUDGETS = (4.0, 4.5, 5.0, 6.0)   # bits per searched weight (the default of --one-shot)
 CALIBRATION = 1                  # search-split units the single-layer KL is measured on ...
 TOKENS = 128                     # ... each cut to its first 128 tokens (LMs)
 SIGNALS = ("sensitivity", "single-layer-kl")
@@ -38,7 +38,7 @@ ONESHOT_FILE = "oneshot.json"
 
 def _key(session: Session, refs: References) -> str:
     choices = [[c.param, list(c.layers), list(c.labels)] for c in session.choices]
-    ident = [refs.key(), choices, BUDGETS, CALIBRATION, TOKENS]
+    ident = [refs.key(), choices, CALIBRATION, TOKENS]   # plans are keyed by budget
     return hashlib.sha256(json.dumps(ident).encode()).hexdigest()[:16]
 
 
@@ -72,7 +72,7 @@ def plans(session: Session, refs: References, prior: Prior) -> dict[str, dict]:
     tables = {"sensitivity": prior.costs, "single-layer-kl": single_layer_kl(session, refs)}
     out = {}
     for signal in SIGNALS:
-        for budget in BUDGETS:
+        for budget in session.s.one_shot:
             cfg = knapsack.at_budget(tables[signal], prior.bits, budget * weights)
             if cfg is not None:
                 out[f"{signal}@{budget:g}"] = {"signal": signal, "budget_bits": budget,
@@ -85,6 +85,9 @@ def measure(session: Session, refs: References, prior: Prior, trial) -> dict[str
     on the report split when the search has one; shared per protocol and space."""
     path = session.out / "baselines" / f"oneshot-{_key(session, refs)}.json"
     done = json.loads(path.read_text()) if path.exists() else {}
+    if not session.s.one_shot:
+        session.say("one-shot plans: none (--one-shot none)")
+        return {}
     report = session.ev.splits.get("report")
     for label, entry in plans(session, refs, prior).items():
         have = done.get(label, {})

@@ -46,6 +46,8 @@ class SearchSettings:
     sampler: str = "sensitivity"
     measure_front: int | None = None   # front configs whose speed is re-measured (None: all)
     all_options: bool = False          # with gemlite: also options it cannot serve
+    one_shot: tuple[float, ...] = (4.0, 4.5, 5.0, 6.0)  # one-shot budgets, bits per
+                                       # searched weight (= oneshot.BUDGETS; (): none)
     model_as_typed: str | None = None  # --model as the user typed it (eval.model: absolute)
 
 
