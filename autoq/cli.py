@@ -327,8 +327,13 @@ def best_note(result, settings) -> str:
     if not result.best:
         return "none: no finished trial meets the target yet"
     m, metric = result.best["metrics"], settings.metric
-    return (f"{metric} {m[metric]:.4g}, {m['size_mib']:.1f} MiB, "
-            f"{m['bits_per_weight']:.2f} bits/weight")
+    note = (f"{metric} {m[metric]:.4g}, {m['size_mib']:.1f} MiB, "
+            f"{m['bits_per_weight']:.2f} bits/weight (search split)")
+    rep = m.get("report")
+    if rep and metric in rep:
+        verdict = "meets" if rep.get("meets_target") else "misses"
+        note += f"; report split: {metric} {rep[metric]:.4g}, {verdict} the target"
+    return note
 
 
 @command
