@@ -42,7 +42,7 @@ def test_no_target_maps_the_trade_off_and_its_plans_apply_elsewhere(tmp_path, mo
                                "--seq-len", 32, "--limit", 10, "--space", "space.yaml",
                                "--target-ppl", "None", "--trials", 3, "--prior-trials", 2,
                                "--json"))
-    folder = here / "results" / "hf_tiny-default-pplmap"          # the study name says map
+    folder = here / "results" / "hf_tiny-wikitext2-pplmap"          # the study name says map
     assert result["study_dir"] == str(Path("results") / folder.name)
     assert result["target"] is None and result["best"] is None
     assert "no quality target" in result["best_note"] and "pareto.json" in result["best_note"]

@@ -51,9 +51,9 @@ class SearchSettings:
     model_as_typed: str | None = None  # --model as the user typed it (eval.model: absolute)
 
 
-def study_name(s: SearchSettings) -> str:
+def study_name(s: SearchSettings, task: str) -> str:
     target = "map" if s.target is None else f"{s.target:g}"
-    base = f"{s.model_as_typed or s.eval.model}-{s.eval.task or 'default'}-{s.metric}{target}"
+    base = f"{s.model_as_typed or s.eval.model}-{task}-{s.metric}{target}"
     return re.sub(r"[^A-Za-z0-9._-]+", "_", base).strip("_")
 
 
@@ -157,7 +157,7 @@ def open_session(s: SearchSettings, say: Callable[[str], None] = lambda m: None)
     choices, fixed = space.bind(ev.shapes, _allowed(ev, s.all_options), structure,
                                 tied_groups(ev.loaded.model))
     say(searched_coverage(ev, space, choices))
-    name = s.study or study_name(s)
+    name = s.study or study_name(s, ev.task.name)
     folder = Path(s.out) / name
     # nothing is written before here: a bad model, data, space or storage leaves no trace
     if s.storage is None:
