@@ -27,24 +27,32 @@ from ..plan import FP, LayerConfig, uniform_plan
 from .session import Session
 
 
-def reference_plan(ev, label: str) -> dict[str, LayerConfig | None] | None:
+PARTIAL = 0.1   # a uniform reference point that leaves more of its weights fp is no reference
+
+
+def reference_plan(ev, label: str) -> tuple[dict[str, LayerConfig | None] | None, str]:
     """A reference point as a resolved plan: fp, or NBITS:GROUP on every layer but the
-    head, the embeddings and routers (a layer that cannot take it stays fp); None when
-    no layer can take that config."""
+    head, the embeddings and routers (a layer that cannot take it stays fp), and why not
+    (None) when layers holding more than PARTIAL of those weights cannot take it."""
     if label == FP:
-        return {n: None for n in ev.shapes}
+        return {n: None for n in ev.shapes}, ""
     plan = uniform_plan(ev.settings.model, LayerConfig.parse(label), ev.shapes, ev.loaded.keep())
-    if all(c is None for c in plan.layers.values()):
-        return None
-    return ev.resolve(plan, f"uniform {label}")
+    skipped = plan.extra.get("skipped", {})
+    weights = {n: fin * fout for n, (fin, fout) in ev.shapes.items() if n not in ev.loaded.keep()}
+    left = sum(weights[n] for n in skipped) / max(sum(weights.values()), 1)
+    if left > PARTIAL:
+        first = next(iter(skipped))
+        return None, (f"{len(skipped)} of {len(weights)} layers ({left:.0%} of their weights) "
+                      f"cannot take it, e.g. {first}: {skipped[first]}")
+    return ev.resolve(plan, f"uniform {label}"), ""
 
 
 def measure(ev, label: str, say, split: str = "search") -> dict | None:
     """A reference point's metrics on a split (speed measured on the search split) and
-    per-unit values under "units"; None (said) when no layer can take that config."""
-    resolved = reference_plan(ev, label)
+    per-unit values under "units"; None (said) when too many layers cannot take it."""
+    resolved, why = reference_plan(ev, label)
     if resolved is None:
-        say(f"baseline {label}: skipped, no layer's shape can take {label}")
+        say(f"baseline {label}: skipped, {why}")
         return None
     say(f"baseline {label}: evaluating ({split} split)")
     metrics = {**ev.run(resolved, speed=split == "search", split=split),
