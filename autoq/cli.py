@@ -283,10 +283,9 @@ def search(model: str = Model(), task: Optional[str] = Task, data: Optional[str]
                "none: skip them."),
            device: str = Device, dtype: str = Dtype, backend: str = Backend,
            as_json: bool = Json, quiet: bool = Quiet):
-    """Search per-layer HQQ configs for the smallest (--minimize latency: the fastest)
-    model meeting a quality target (multi-objective Optuna: size or predicted latency x
-    quality), writing plans ready for `autoq apply`; with --target-ppl none /
-    --target-acc none, map the whole trade-off."""
+    """Search per-layer HQQ configs for the smallest (--minimize latency: fastest) model
+    meeting a quality target (multi-objective Optuna), writing plans ready for `autoq apply`;
+    with --target-ppl none / --target-acc none, map the whole trade-off."""
     trial_speed = old_speed or trial_speed
     prior_trials = prior_trials if prior_trials is not None else old_seeds
     inp = args.inputs(model, task, data, seq_len, limit, checkpoint, device, dtype, backend,
@@ -334,8 +333,13 @@ def best_note(result, settings) -> str:
         return "none: no finished trial meets the target yet"
     m, metric = result.best["metrics"], settings.metric
     fast = f", {m['latency_ms']:.3g} ms predicted" if settings.minimize == "latency" else ""
-    return (f"{metric} {m[metric]:.4g}, {m['size_mib']:.1f} MiB, "
-            f"{m['bits_per_weight']:.2f} bits/weight{fast}")
+    note = (f"{metric} {m[metric]:.4g}, {m['size_mib']:.1f} MiB, "
+            f"{m['bits_per_weight']:.2f} bits/weight{fast} (search split)")
+    rep = m.get("report")
+    if rep and metric in rep:
+        verdict = "meets" if rep.get("meets_target") else "misses"
+        note += f"; report split: {metric} {rep[metric]:.4g}, {verdict} the target"
+    return note
 
 
 @command

@@ -15,7 +15,7 @@ TEST=../shared/data/wikitext-2-raw/wiki.test.raw
 SEARCH=(--model smollm2 --data "$VALID" --seq-len 512 --limit 40)
 log() { echo "[$(date -u +%FT%TZ)] $*" | tee -a "$OUT/bench.log"; }
 autoq() { "$PY" -m autoq.cli "$@"; }
-timed() { log "autoq $*"; /usr/bin/time -f "%e s wall" -a -o "$OUT/bench.log" "$PY" -m autoq.cli "$@"; }
+timed() { log "autoq $*" >&2; /usr/bin/time -f "%e s wall" -a -o "$OUT/bench.log" "$PY" -m autoq.cli "$@"; }
 log "start: $(nproc) cores, $("$PY" --version 2>&1), torch $("$PY" -c 'import torch; print(torch.__version__)'), git $(git rev-parse --short HEAD)"
 # the targets, on the search split
 [ -s "$OUT/eval-valid-fp.json" ] || timed eval "${SEARCH[@]}" --json -q > "$OUT/eval-valid-fp.json"

@@ -5,7 +5,9 @@ Protocol: SmolLM2-135M GGUF in fp32 on CPU; every planned linear replaced by
 `hqq.core.quantize.HQQLinear` (BaseQuantizeConfig(nbits, group_size, axis=1), hqq's
 defaults: fp32 scales and zeros); a planned embedding table quantized the same way and
 looked up from its dequantized rows (what a packed lookup returns), and a tied head with
-the same config given that very HQQLinear; the text tokenized once; the first LIMIT
+the same config given that very HQQLinear (each HQQLinear's torch forward, x @
+dequantize().T + bias, with the dequantized weight computed once: HQQ dequantizing on
+every call would take half an hour per plan for 240 windows on a CPU); the text tokenized once; the first LIMIT
 non-overlapping windows of SEQ tokens; ppl = exp(mean of the windows' HF losses). Size:
 the HQQ layers' packed weight plus a 16-bit scale and zero per group, every other tensor
 at 16 bits, each matrix once (tied ones too).
@@ -43,6 +45,7 @@ def quantized(weight: torch.Tensor, cfg: dict) -> HQQLinear:
 def apply(model, layers: dict) -> tuple[float, float]:
     """Quantize the planned layers in place; (bits per quantized weight, size in MiB)."""
     made: dict[tuple, HQQLinear] = {}
+    dequantized: dict[tuple, torch.nn.Parameter] = {}
     for name, cfg in layers.items():
         if cfg is None:
             continue
@@ -51,22 +54,24 @@ def apply(model, layers: dict) -> tuple[float, float]:
         key = (id(module.weight), cfg["nbits"], cfg["group_size"])
         q = made.get(key) or quantized(module.weight, cfg)
         made[key] = q
+        dq = dequantized.setdefault(key, torch.nn.Parameter(q.dequantize(), requires_grad=False))
         if isinstance(module, torch.nn.Embedding):
-            module.weight = torch.nn.Parameter(q.dequantize(), requires_grad=False)
-        else:
+            module.weight = dq
+        else:  # HQQLinear's torch forward is x @ dequantize().T + bias: dequantized once here
+            lin = torch.nn.Linear(q.in_features, q.out_features, bias=module.bias is not None)
+            lin.weight = dq
             if module.bias is not None:
-                q.bias = module.bias.detach().clone()
-            setattr(model.get_submodule(parent), child, q)
+                lin.bias = torch.nn.Parameter(module.bias.detach().clone(), requires_grad=False)
+            setattr(model.get_submodule(parent), child, lin)
     bits = sum(q.W_q.numel() * q.W_q.element_size() * 8 + q.meta["scale"].numel() * 32
                for q in made.values())
     weights = sum(q.in_features * q.out_features for q in made.values())
-    others, counted = 0, set()
+    others, counted = 0, {id(p) for p in dequantized.values()}
     for name, p in model.named_parameters():
-        if id(p) in counted or name.endswith("W_q"):
+        if id(p) in counted:
             continue
         counted.add(id(p))
-        if not any(name.startswith(n + ".") and layers.get(n) for n in layers):
-            others += p.numel() * 2
+        others += p.numel() * 2
     return (bits / weights if weights else 16.0), (bits / 8 + others) / 2**20
 
 

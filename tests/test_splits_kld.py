@@ -119,6 +119,23 @@ def test_one_shot_budgets_are_the_users_and_none_skips_them(tmp_path, tiny_llama
     assert not (tmp_path / "out" / "none" / oneshot.ONESHOT_FILE).exists()
 
 
+def test_the_best_note_says_whether_the_report_split_meets_the_target(tmp_path, tiny_llama_dir,
+                                                                     splits):
+    valid, test = splits
+    (tmp_path / "space.yaml").write_text(SPACE)
+    r = runner.invoke(app, ["search", "--model", f"hf:{tiny_llama_dir}", "--data", str(valid),
+                            "--report-data", str(test), "--seq-len", "32", "--limit", "20",
+                            "--report-limit", "6", "--space", str(tmp_path / "space.yaml"),
+                            "--out", str(tmp_path / "out"), "--target-ppl", "1e6",
+                            "--trials", "2", "--prior-trials", "1", "--one-shot", "none",
+                            "--json", "-q"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    rep = out["best"]["metrics"]["report"]
+    assert out["best_note"].endswith(f"report split: ppl {rep['ppl']:.4g}, meets the target")
+    assert "(search split)" in out["best_note"]
+
+
 def test_at_budget_is_the_least_loss_config_that_fits():
     costs = {"a": {"2": 4.0, "4": 1.0, "8": 0.1}, "b": {"2": 8.0, "4": 2.0, "8": 0.2}}
     bits = {p: {"2": 200.0, "4": 400.0, "8": 800.0} for p in costs}
