@@ -18,11 +18,13 @@ import yaml
 from .errors import UserError
 from .plan import LayerConfig, Plan
 from .resources import resource_dir
+from .study import OBJECTIVES as OBJECTIVE_KEYS
 
 DTYPES = ("auto", "fp32", "fp16", "bf16")
 BACKENDS = ("auto", "hqq", "gemlite")        # = autoq.backends.BACKENDS and "auto"
 SAMPLERS = ("sensitivity", "nsga2", "random")  # = autoq.search.sampler.SAMPLERS
 TRIAL_SPEEDS = ("predicted", "measured")
+OBJECTIVES = tuple(OBJECTIVE_KEYS)              # --minimize: size, latency
 DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 DEFAULT_TASKS = {"lm": "wikitext2", "vit": "cifar100"}  # = autoq.kinds.KINDS[k].default_task
 KIND_WORDS = {"lm": "a causal language model", "vit": "an image classifier (ViT)"}
@@ -224,9 +226,10 @@ def one_shot(text: str) -> tuple[float, ...]:
 
 
 def search_setup(space: str | None, storage: str | None, out: Path, sampler: str,
-                   trial_speed: str) -> None:
+                 trial_speed: str, minimize: str) -> None:
     choice("--sampler", sampler, SAMPLERS)
     choice("--trial-speed", trial_speed, TRIAL_SPEEDS)
+    choice("--minimize", minimize, OBJECTIVES)
     folder_path("--out", out)
     if space is not None:
         from .search.space import load_space

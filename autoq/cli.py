@@ -218,6 +218,10 @@ def search(model: str = Model(), task: Optional[str] = Task, data: Optional[str]
            max_size_mib: Optional[float] = typer.Option(
                None, "--max-size-mib", metavar="MIB", rich_help_panel=TARGET,
                help="Also require size <= MIB."),
+           minimize: str = typer.Option("size", "--minimize", metavar=one_of(args.OBJECTIVES),
+                                        rich_help_panel=TARGET,
+                                        help="Minimise under the target: size (MiB), or "
+                                        "latency (predicted time per token / image)."),
            trials: int = typer.Option(50, "--trials", metavar="N", rich_help_panel=BUDGET,
                                       help="Total finished trials in the study (re-running resumes)."),
            timeout: Optional[float] = typer.Option(
@@ -249,7 +253,7 @@ def search(model: str = Model(), task: Optional[str] = Task, data: Optional[str]
                                             "serve (those layers fall back to hqq)."),
            study: Optional[str] = typer.Option(None, "--study", metavar="NAME",
                                                rich_help_panel=STORAGE,
-                                               show_default="model-task-target",
+                                               show_default="model-task-target[-latency]",
                                                help="Study name."),
            storage: Optional[str] = typer.Option(None, "--storage", metavar="URL",
                                                  rich_help_panel=STORAGE,
@@ -279,8 +283,8 @@ def search(model: str = Model(), task: Optional[str] = Task, data: Optional[str]
                "none: skip them."),
            device: str = Device, dtype: str = Dtype, backend: str = Backend,
            as_json: bool = Json, quiet: bool = Quiet):
-    """Search per-layer HQQ configs for the smallest model meeting a quality target
-    (multi-objective Optuna: size x quality), writing plans ready for `autoq apply`;
+    """Search per-layer HQQ configs for the smallest (--minimize latency: fastest) model
+    meeting a quality target (multi-objective Optuna), writing plans ready for `autoq apply`;
     with --target-ppl none / --target-acc none, map the whole trade-off."""
     trial_speed = old_speed or trial_speed
     prior_trials = prior_trials if prior_trials is not None else old_seeds
@@ -290,7 +294,7 @@ def search(model: str = Model(), task: Optional[str] = Task, data: Optional[str]
                                         target_acc, target_kld)
     report_data = args.report_inputs(inp.task, report_data, report_limit)
     args.search_budget(trials, timeout, max_size_mib, prior_trials, measure_front)
-    args.search_setup(space, storage, out, sampler, trial_speed)
+    args.search_setup(space, storage, out, sampler, trial_speed, minimize)
     budgets = args.one_shot(one_shot)
     import optuna
 
@@ -304,13 +308,14 @@ def search(model: str = Model(), task: Optional[str] = Task, data: Optional[str]
                            report_limit),
         target=target, metric=metric, trials=trials, max_size_mib=max_size_mib,
         timeout=timeout, space=space, study=study, storage=storage, out=str(out), seed=seed,
-        prior_trials=prior_trials, trial_speed=trial_speed, prune=prune, sampler=sampler,
-        measure_front=measure_front, all_options=all_options, model_as_typed=model,
-        one_shot=budgets)
+        prior_trials=prior_trials, trial_speed=trial_speed, minimize=minimize, prune=prune,
+        sampler=sampler, measure_front=measure_front, all_options=all_options,
+        model_as_typed=model, one_shot=budgets)
     result = run_search(settings, say=progress.say if progress.ENABLED else lambda m: None)
     if as_json:
         typer.echo(json.dumps({"study": result.study_dir.name, "study_dir": str(result.study_dir),
                                "metric": settings.metric, "target": target,
+                               "objective": minimize,
                                "finished": result.finished, "front": result.front,
                                "best": result.best, "best_note": best_note(result, settings)}))
         return
@@ -327,8 +332,9 @@ def best_note(result, settings) -> str:
     if not result.best:
         return "none: no finished trial meets the target yet"
     m, metric = result.best["metrics"], settings.metric
+    fast = f", {m['latency_ms']:.3g} ms predicted" if settings.minimize == "latency" else ""
     note = (f"{metric} {m[metric]:.4g}, {m['size_mib']:.1f} MiB, "
-            f"{m['bits_per_weight']:.2f} bits/weight (search split)")
+            f"{m['bits_per_weight']:.2f} bits/weight{fast} (search split)")
     rep = m.get("report")
     if rep and metric in rep:
         verdict = "meets" if rep.get("meets_target") else "misses"

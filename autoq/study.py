@@ -7,7 +7,8 @@ config. Both the search and the report import these; neither re-implements them.
 
 Study folder (`<out>/<study>/`): study.json, baselines.json, sensitivity.json,
 trials.jsonl (one record per finished or failed trial), pareto.json, one plan per
-Pareto config (pareto-NN.json, smallest first) and best.json (autoq.plan/1).
+Pareto config (pareto-NN.json, the least of the objective first) and best.json
+(autoq.plan/1).
 """
 
 from __future__ import annotations
@@ -30,6 +31,32 @@ LOCK_FILE = ".lock"
 
 def pareto_file(i: int) -> str:
     return f"pareto-{i:02d}.json"
+
+
+# ---- what a study minimises beside quality (`autoq search --minimize`) -----------------
+OBJECTIVES = {"size": "size_mib",        # exact size of the quantized model, MiB
+              "latency": "latency_ms"}   # the latency model's predicted ms per token / image
+
+
+OBJECTIVE = "objective"             # study.json / pareto.json: a key of OBJECTIVES
+INFO_DEFAULTS = {OBJECTIVE: "size"}  # study.json keys older studies lack -> what they meant
+
+
+def study_info(info: Mapping[str, Any]) -> dict:
+    """A study.json (or pareto.json) object with the keys older studies lack filled in."""
+    return {**INFO_DEFAULTS, **info}
+
+
+def objective(info: Mapping[str, Any]) -> str:
+    """What a study minimises beside quality, from its study.json (or pareto.json)
+    object: "size" or "latency" (studies written before there was a choice: size)."""
+    return study_info(info)[OBJECTIVE]
+
+
+def objective_key(objective: str | None) -> str:
+    """The metrics key a study minimises (`objective` from study.json; None, in studies
+    written before there was a choice: size)."""
+    return OBJECTIVES[objective or INFO_DEFAULTS[OBJECTIVE]]
 
 
 # ---- Optuna attribute keys -------------------------------------------------------------
@@ -107,8 +134,8 @@ def front_of(points: Sequence[tuple[float, float]], maximize: tuple[bool, bool])
 
 
 def front(items: Sequence[tuple[K, Mapping]], target: Target, x: str = "size_mib") -> list[K]:
-    """The Pareto front of `items` (key, metrics) by (`x` minimised, quality), smallest
-    first; items missing either value are left out."""
+    """The Pareto front of `items` (key, metrics) by (`x` minimised, quality; `x` is the
+    study's `objective_key`), least `x` first; items missing either value are left out."""
     pts = [(number(m.get(x)), number(m.get(target.metric)), k) for k, m in items]
     pts = [p for p in pts if None not in p[:2]]
     keep = front_of([p[:2] for p in pts], (False, target.higher_is_better))
@@ -117,8 +144,9 @@ def front(items: Sequence[tuple[K, Mapping]], target: Target, x: str = "size_mib
 
 def best(items: Sequence[tuple[K, Mapping]], target: Target,
          number_of: Callable[[K], int | None] = lambda k: None, x: str = "size_mib") -> K | None:
-    """The smallest (by `x`) item that meets the target; ties: the better quality (so
-    the best is always on the front), then the lower trial number, then the earlier item."""
+    """The least-`x` item (the smallest, or with x="latency_ms" the fastest) that meets
+    the target; ties: the better quality (so the best is always on the front), then the
+    lower trial number, then the earlier item."""
     sign = -1.0 if target.higher_is_better else 1.0
     ok = [(size, sign * m[target.metric], n if (n := number_of(k)) is not None else math.inf, i)
           for i, (k, m) in enumerate(items)

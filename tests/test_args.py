@@ -117,6 +117,8 @@ BAD = [
      "--trial-speed 'fast' is not one of predicted, measured."),
     ("old --speed spelling", "search -m {llama} --target-ppl 10 --speed fast",
      "--trial-speed 'fast' is not one of predicted, measured."),
+    ("minimize", "search -m {llama} --target-ppl 10 --minimize speed",
+     "--minimize 'speed' is not one of size, latency."),
     ("missing space", "search -m {llama} --target-ppl 10 --space {dir}/nope.yaml",
      "--space {dir}/nope.yaml: no such file or shipped space; use a YAML path or one of "
      "lm-grouped, lm-per-layer, vit-grouped, vit-per-layer."),

@@ -153,6 +153,12 @@ def test_search_llama_runs_end_to_end_and_plans_apply(tmp_path, llama_stand_in, 
     assert len(_finished(folder)) == 5
     pareto = json.loads((folder / "pareto.json").read_text())
     assert pareto["front"] and pareto["target"] == 14
+    assert pareto["objective"] == "size" == json.loads((folder / "study.json").read_text())[
+        "objective"]
+    for r in _finished(folder):   # the predicted latency is recorded in a size study too
+        m = r["metrics"]
+        assert m["speed_source"] == "predicted"
+        assert m["tokens_per_s"] == pytest.approx(1e3 / m["latency_ms"])
     assert not (folder / "best.json").exists()   # a random model is nowhere near ppl 14
     baselines = json.loads((folder / "baselines.json").read_text())
     assert {"fp", "4:32"} <= set(baselines)
@@ -320,4 +326,5 @@ def test_trials_over_the_size_cap_stop_before_scoring(tmp_path, tiny_llama_dir, 
     rows = _finished(folder)
     assert len(rows) == 3
     assert all(r["state"] == "PRUNED" and r["metrics"]["fraction"] == 0 for r in rows)
+    assert all(r["metrics"]["latency_ms"] > 0 for r in rows)   # predicted, pruned or not
     assert not (folder / "best.json").exists()

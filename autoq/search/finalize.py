@@ -67,7 +67,8 @@ def write_trials(session: Session) -> None:
 
 
 def best_trial(session: Session):
-    """The smallest COMPLETE trial that meets the target (`autoq.study.best`); None
+    """The smallest (for --minimize latency: the fastest, by predicted latency) COMPLETE
+    trial that meets the target (`autoq.study.best`); None
     without a quality target (the study maps the trade-off: no config is best)."""
     if session.target.value is None:
         return None
@@ -75,7 +76,8 @@ def best_trial(session: Session):
     rescored = contract.attr(study.user_attrs, contract.RESCORED, {})
     done = [(t, metrics_of(study, t, rescored))
             for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
-    return contract.best(done, session.target, number_of=lambda t: t.number)
+    return contract.best(done, session.target, number_of=lambda t: t.number,
+                         x=session.objective_key)
 
 
 def rescore(session: Session, t) -> None:
@@ -130,7 +132,8 @@ def measured_speed(session: Session, t, metrics: dict) -> dict:
 
 
 def front(session: Session) -> list:
-    """The front of the study's distinct COMPLETE configs, every one scored in full."""
+    """The front of the study's distinct COMPLETE configs by (the objective, quality),
+    every one scored in full."""
     study = session.study
     done = [t for t in study.get_trials(states=(TrialState.COMPLETE,))
             if contract.attr(t.user_attrs, contract.METRICS) is not None
@@ -138,7 +141,7 @@ def front(session: Session) -> list:
     while True:
         rescored = contract.attr(study.user_attrs, contract.RESCORED, {})
         trials = contract.front([(t, metrics_of(study, t, rescored)) for t in done],
-                                session.target)
+                                session.target, x=session.objective_key)
         partial = [t for t in trials if metrics_of(study, t, rescored).get("fraction", 1) < 1]
         if not partial:
             return trials
@@ -211,6 +214,7 @@ def write_front(session: Session, trials: list, metrics: list[dict], best) -> Ou
     write_json(folder / contract.PARETO_FILE, {
         "study": session.name, "model": session.s.eval.model, "task": session.ev.task.name,
         "metric": session.target.metric, "target": session.s.target,
+        contract.OBJECTIVE: session.s.minimize,
         "protocol": session.ev.protocol, "front": out.front,
         "best": contract.BEST_FILE if out.best else None})
     for old in folder.glob("pareto-*.json"):  # plans of an older, longer front

@@ -13,7 +13,9 @@ scales and zeros included), the knapsack's config of the least predicted loss th
 split in full, predicted speed; at the end of a search also the report split. They
 depend on the model, the data, the space and the options only, so they are measured
 once and shared by every study under the same --out (`<out>/baselines/oneshot-<key>.json`,
-and the study's `autoq:oneshot` attribute and oneshot.json).
+and the study's `autoq:oneshot` attribute and oneshot.json). The budgets are bits in
+every study: a latency study (--minimize latency) gets the same plans, each with its
+predicted `latency_ms` beside its size, so they sit on its latency axis too.
 """
 
 from __future__ import annotations
@@ -99,6 +101,8 @@ def measure(session: Session, refs: References, prior: Prior, trial) -> dict[str
             trial.add_speed(metrics, resolved)
             have = {**entry, "layers": session.plan(resolved, {}).to_json()["layers"],
                     "metrics": metrics}
+        elif "latency_ms" not in have["metrics"]:   # cached before latency_ms was recorded
+            have["metrics"]["latency_ms"] = 1e3 * trial.predict(session.resolved(entry["params"]))
         if report is not None and report.reference is not None and "report" not in have:
             session.say(f"one-shot plan {label}: report split")
             have["report"] = report_entry(session.ev.run(session.resolved(entry["params"]),

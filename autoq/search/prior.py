@@ -1,8 +1,10 @@
-"""The sensitivity prior: per-layer sensitivities -> per-choice costs and sizes -> the
-knapsack configs the study starts from (the *prior trials*).
+"""The sensitivity prior: per-layer sensitivities -> per-choice costs, sizes and (when
+the study minimises latency) times -> the knapsack configs the study starts from (the
+*prior trials*).
 
 Everything here but `enqueue` is a pure function of its arguments: the choices of
-the space, the layers' shapes, the measured sensitivities and reference points.
+the space, the layers' shapes, the measured sensitivities and reference points, and
+for a latency study the latency model (its tables, measured before).
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ class Prior:
     scale: float | None     # measured loss per predicted loss, from the uniform baselines
     max_bits: float | None  # --max-size-mib as bits left for the searched layers
     fp: float | None        # the unquantized model's quality
+    resource: dict[str, dict[str, float]]  # param -> option -> what the knapsack minimises:
+    #                      `bits` (size), or seconds per token (image) (latency; see build)
 
 
 def layer_bits(shape: tuple[int, int], cfg: LayerConfig | None, fp_bits: float) -> float:
@@ -46,6 +50,14 @@ def costs_and_bits(choices: Sequence[Choice], shapes: Mapping[str, tuple[int, in
             costs[c.param][label] = sum(sens["layers"][n][label] for n in c.layers)
             bits[c.param][label] = sum(layer_bits(shapes[n], cfg, fp_bits) for n in c.layers)
     return costs, bits
+
+
+def choice_seconds(choices: Sequence[Choice], latency) -> dict[str, dict[str, float]]:
+    """Per choice and option: the seconds per token (image) its layers add, each at its
+    share of the steps, as served (a layer the backend cannot serve at that option at
+    its fallback's time): `LatencyModel.layer_time` summed over the choice's layers."""
+    return {c.param: {label: sum(latency.layer_time(n, cfg) for n in c.layers)
+                      for cfg, label in zip(c.options, c.labels)} for c in choices}
 
 
 def loss_scale(baselines: Mapping[str, Mapping], sens: Mapping, target: Target) -> float | None:
@@ -83,13 +95,19 @@ def budget(target: Target, fp: float | None) -> float | None:
 
 
 def build(choices: Sequence[Choice], shapes: Mapping[str, tuple[int, int]], sens: Mapping,
-          baselines: Mapping[str, Mapping], target: Target, fp_bits: float) -> Prior:
+          baselines: Mapping[str, Mapping], target: Target, fp_bits: float,
+          latency=None) -> Prior:
+    """The prior of a size study, or with `latency` (a LatencyModel) of a latency study:
+    the same knapsack with seconds per token in place of bits (the size cap stays bits;
+    when no fast config fits it, the seconds are mixed with a little of the bits:
+    `knapsack.under_cap`)."""
     costs, bits = costs_and_bits(choices, shapes, sens, fp_bits)
     fp = baselines.get(FP, {})
+    max_bits = max_choice_bits(choices, shapes, fp.get("size_mib"), target.max_size_mib, fp_bits)
+    resource = bits if latency is None else \
+        knapsack.under_cap(costs, choice_seconds(choices, latency), bits, max_bits)
     return Prior(costs, bits, budget(target, fp.get(target.metric)),
-                 loss_scale(baselines, sens, target),
-                 max_choice_bits(choices, shapes, fp.get("size_mib"), target.max_size_mib,
-                                 fp_bits), fp.get(target.metric))
+                 loss_scale(baselines, sens, target), max_bits, fp.get(target.metric), resource)
 
 
 def count(trials: int, requested: int | None) -> int:
@@ -99,7 +117,7 @@ def count(trials: int, requested: int | None) -> int:
 
 def configs(prior: Prior, n: int) -> list[dict[str, str]]:
     max_cost = prior.budget / prior.scale if prior.budget is not None and prior.scale else None
-    return knapsack.prior(prior.costs, prior.bits, n, max_cost, prior.max_bits)
+    return knapsack.prior(prior.costs, prior.resource, n, max_cost, prior.max_bits, prior.bits)
 
 
 def enqueue(study: optuna.Study, prior: Prior, n: int) -> int | None:

@@ -1,10 +1,12 @@
 """`autoq search`: a resumable multi-objective Optuna study over per-layer configs.
 
-Objectives: model size (MiB, minimise) and quality (ppl minimise / accuracy
+Objectives: model size (MiB) or, with --minimize latency, the latency model's
+predicted ms per token (image), minimised; and quality (ppl minimise / accuracy
 maximise), with the quality target (and optional --max-size-mib) as Optuna
 constraints. A worker opens the study (session.py), measures or reads the
-reference points (references.py) and the sensitivities, enqueues the prior trials
-once (prior.py), then runs trials (trial.py) with the sampler (sampler.py) until
+reference points (references.py) and the sensitivities (and, for a latency study,
+the latency model), enqueues the prior trials once (prior.py), then runs trials
+(trial.py) with the sampler (sampler.py) until
 the study has --trials finished ones, and writes the result files (finalize.py).
 This module is only that loop.
 """
@@ -26,10 +28,10 @@ from . import prior as priors
 from . import storage as store
 from .finalize import Outcome, best_trial, finalize, write_trials
 from .references import References
-from .sampler import SAMPLERS, SamplerInputs
+from .sampler import SAMPLERS, inputs_for
 from .sensitivity import measure_or_load
 from .session import SearchSettings, Session, open_session
-from .trial import FINISHED, TrialRunner, metrics_of
+from .trial import FINISHED, TrialRunner, latency_model, metrics_of
 
 MAX_FAILS_IN_A_ROW = 5
 
@@ -55,7 +57,9 @@ def early_stopping(session: Session, baselines: dict) -> bool:
 
 
 def prepare(session: Session) -> TrialRunner:
-    """Reference points, sensitivities, the prior trials and the sampler."""
+    """Reference points, sensitivities, the latency model when the study minimises
+    latency (its per-option times are the knapsack's resource), the prior trials and
+    the sampler."""
     refs = References(session)
     refs.use_reference("search")   # KL from the fp model, on every evaluation
     baselines = refs.baselines()
@@ -65,21 +69,17 @@ def prepare(session: Session) -> TrialRunner:
     sens = measure_or_load(session.ev, layer_options, session.out / "sensitivity")
     write_json(session.dir / contract.SENSITIVITY_FILE, sens)
     fp_bits = 8.0 * STORED_FLOAT_BYTES  # an unquantized layer as sizes count it
+    latency = latency_model(session) if session.s.minimize == "latency" else None
     prior = priors.build(session.choices, session.ev.shapes, sens, baselines, session.target,
-                         fp_bits)
+                         fp_bits, latency)
     n = priors.count(session.s.trials, session.s.prior_trials)
     enqueued = priors.enqueue(session.study, prior, n)
     if enqueued is not None:
         session.say(f"enqueued {enqueued} prior configs from sensitivities"
                     + (f" (loss scale {prior.scale:.3g})" if prior.scale else ""))
-    target = session.target
-    inputs = SamplerInputs(
-        prior.costs, prior.bits, prior.budget, scale=prior.scale, max_bits=prior.max_bits,
-        seed=session.s.seed, population=max(4, min(16, n)),
-        loss_of=lambda t: None if prior.fp is None else target.loss(
-            contract.attr(t.user_attrs, contract.METRICS, {}).get(target.metric), prior.fp))
+    inputs = inputs_for(prior, session.target, session.s.seed, n)
     session.study.sampler = SAMPLERS[session.s.sampler](inputs)
-    return TrialRunner(session, refs, prior, early)
+    return TrialRunner(session, refs, prior, early, latency)
 
 
 def run_one(session: Session, runner: TrialRunner) -> optuna.trial.FrozenTrial | None:
@@ -101,19 +101,24 @@ def run_one(session: Session, runner: TrialRunner) -> optuna.trial.FrozenTrial |
     return ran[-1] if ran else None
 
 
-def progress(session: Session, durations: list[float], last) -> None:
+def described(session: Session, m: dict) -> str:
+    """A trial's quality and size (and predicted latency, in a latency study), in words."""
     metric = session.target.metric
+    fast = f", {m.get('latency_ms', float('nan')):.3g} ms" if session.s.minimize == "latency" \
+        else ""
+    return f"{metric} {m[metric]:.4g}, {m.get('size_mib', float('nan')):.1f} MiB{fast}"
+
+
+def progress(session: Session, durations: list[float], last) -> None:
     done = len(session.study.get_trials(deepcopy=False, states=FINISHED))
     eta = max(0, session.s.trials - done) * sum(durations[-5:]) / len(durations[-5:])
     best = best_trial(session)
     if best:
-        m = metrics_of(session.study, best)
-        best_txt = f"best feasible {m['size_mib']:.1f} MiB, {metric} {m[metric]:.4g}"
+        best_txt = f"best feasible {described(session, metrics_of(session.study, best))}"
     else:
         best_txt = "no target" if session.target.value is None else "no feasible config yet"
     m = contract.attr(last.user_attrs, contract.METRICS, {})
-    what = f"{metric} {m[metric]:.4g}, {m.get('size_mib', float('nan')):.1f} MiB" \
-        if metric in m else ""
+    what = described(session, m) if session.target.metric in m else ""
     session.say(f"[{done}/{session.s.trials}] trial {last.number} {last.state.name.lower()} "
                 f"({contract.origin(last.user_attrs)}) {what} | {best_txt} | "
                 f"ETA {eta / 60:.1f} min")

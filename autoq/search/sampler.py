@@ -1,8 +1,9 @@
 """Samplers for the trials after the seeds, by name (`--sampler`).
 
 `sensitivity` (the default) proposes what the additive sensitivity model says is
-the smallest config meeting the target, with two corrections from the trials
-measured so far:
+the smallest config meeting the target (the fastest, when the study minimises
+latency: the knapsack's resource is then the latency model's per-option times), with
+two corrections from the trials measured so far:
 
 - calibration: the model's predicted loss is rescaled to the measured quality
   loss of the trials predicted nearest to the target (the additive model is
@@ -11,7 +12,8 @@ measured so far:
   before the knapsack is solved (Thompson-style), so each trial is a plausible
   optimum under the sensitivities' uncertainty; proposals differ from the best
   configs in the few layers the model is least sure about. A share `explore` of
-  the trials (10%) goes anywhere along the size range instead, for the rest of the front.
+  the trials (10%) goes anywhere along the resource's range instead, for the rest of
+  the front.
 
 `nsga2` and `random` are Optuna's own, for comparison.
 """
@@ -28,7 +30,10 @@ import optuna
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 
+from .. import study as contract
+from ..target import Target
 from . import knapsack
+from .prior import Prior
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,25 @@ class SamplerInputs:
     max_bits: float | None        # --max-size-mib for the searched layers
     seed: int
     population: int               # for nsga2
+    resource: Mapping[str, Mapping[str, float]] | None = None  # what the study minimises
+    #                               per option (seconds for --minimize latency; None: bits)
+
+    @property
+    def res(self) -> Mapping[str, Mapping[str, float]]:
+        return self.bits if self.resource is None else self.resource
+
+
+def inputs_for(prior: Prior, target: Target, seed: int, prior_trials: int) -> SamplerInputs:
+    """What a study's sampler works from: its prior, and a trial's measured loss."""
+    def loss_of(t: FrozenTrial) -> float | None:
+        if prior.fp is None:
+            return None
+        return target.loss(contract.attr(t.user_attrs, contract.METRICS, {}).get(target.metric),
+                           prior.fp)
+
+    return SamplerInputs(prior.costs, prior.bits, prior.budget, loss_of, scale=prior.scale,
+                         max_bits=prior.max_bits, seed=seed,
+                         population=max(4, min(16, prior_trials)), resource=prior.resource)
 
 
 SAMPLERS: dict[str, Callable[[SamplerInputs], optuna.samplers.BaseSampler]] = {}
@@ -87,18 +111,18 @@ def calibrated_budget(pairs: list[tuple[float, float]], budget: float,
     return budget / k
 
 
-def propose(rng: random.Random, costs, bits, want: float | None, max_bits: float | None,
-            sigma: float) -> dict[str, str]:
-    """One knapsack solution under randomly perturbed sensitivities: the smallest
-    hull config whose (unperturbed) predicted loss is <= `want` (None: any size)."""
+def propose(rng: random.Random, costs, res, want: float | None, max_bits: float | None,
+            sigma: float, bits=None) -> dict[str, str]:
+    """One knapsack solution under randomly perturbed sensitivities: the smallest (by
+    the resource `res`) hull config whose (unperturbed) predicted loss is <= `want`
+    (None: any); `max_bits` caps `bits` (None: the resource is the bits)."""
     noisy = {}
     for p, row in costs.items():
         f = math.exp(sigma * rng.gauss(0.0, 1.0))
         noisy[p] = {o: c * f for o, c in row.items()}
-    hull = knapsack.hull(noisy, bits, steps=160)
-    scored = [(knapsack.totals(c, costs, bits), c) for c in hull]
-    if max_bits is not None:
-        scored = [s for s in scored if s[0][1] <= max_bits] or scored[-1:]
+    hull = knapsack.within(knapsack.hull(noisy, res, steps=160), costs,
+                           res if bits is None else bits, max_bits)
+    scored = [(knapsack.totals(c, costs, res), c) for c in hull]
     if want is None:
         return rng.choice(scored)[1]
     ok = [s for s in scored if s[0][0] <= want]
@@ -133,7 +157,8 @@ class SensitivitySampler(optuna.samplers.BaseSampler):
         for _ in range(self.tries):
             want = None if target is None or rng.random() < self.explore else \
                 target * math.exp(rng.gauss(0.0, 0.05))
-            cfg = propose(rng, self.i.costs, self.i.bits, want, self.i.max_bits, self.sigma)
+            cfg = propose(rng, self.i.costs, self.i.res, want, self.i.max_bits, self.sigma,
+                          self.i.bits)
             if key(cfg) not in seen:
                 break
         return cfg

@@ -42,6 +42,7 @@ class SearchSettings:
     seed: int = 0                      # the samplers' random seed
     prior_trials: int | None = None    # first trials from the sensitivity prior (None: auto)
     trial_speed: str = "predicted"     # per-trial speed: predicted, or measured every trial
+    minimize: str = "size"             # beside quality: "size" (MiB) or "latency" (predicted)
     prune: bool = True                 # stop scoring a trial once the target is decided
     sampler: str = "sensitivity"
     measure_front: int | None = None   # front configs whose speed is re-measured (None: all)
@@ -54,6 +55,7 @@ class SearchSettings:
 def study_name(s: SearchSettings, task: str) -> str:
     target = "map" if s.target is None else f"{s.target:g}"
     base = f"{s.model_as_typed or s.eval.model}-{task}-{s.metric}{target}"
+    base += "" if s.minimize == "size" else f"-{s.minimize}"
     return re.sub(r"[^A-Za-z0-9._-]+", "_", base).strip("_")
 
 
@@ -82,6 +84,11 @@ class Session:
     def speed_key(self) -> str:
         return self.ev.loaded.kind.speed_key
 
+    @property
+    def objective_key(self) -> str:
+        """What the study minimises beside quality: "size_mib" or "latency_ms"."""
+        return contract.objective_key(self.s.minimize)
+
     def resolved(self, labels: dict[str, str]) -> dict[str, LayerConfig | None]:
         """A trial's choices (param -> option label) as module name -> config."""
         out = dict(self.fixed)
@@ -105,7 +112,7 @@ class Session:
 def info(s: SearchSettings, ev: Evaluator, space: Space, name: str, url: str) -> dict:
     """The study.json object (also the study's `autoq:study` attribute)."""
     return {"format": contract.FORMAT, "study": name, "storage": url, "model": s.eval.model,
-            "task": ev.task.name, "metric": s.metric,
+            "task": ev.task.name, "metric": s.metric, contract.OBJECTIVE: s.minimize,
             "higher_is_better": ev.task.higher_is_better(s.metric), "target": s.target,
             "max_size_mib": s.max_size_mib, "protocol": ev.protocol,
             "speed_key": ev.loaded.kind.speed_key, "space": space.source,
@@ -142,6 +149,8 @@ def _allowed(ev: Evaluator, all_options: bool):
 def open_session(s: SearchSettings, say: Callable[[str], None] = lambda m: None) -> Session:
     if s.sampler not in SAMPLERS:
         raise UserError(f"--sampler {s.sampler!r}: use one of {', '.join(SAMPLERS)}.")
+    if s.minimize not in contract.OBJECTIVES:
+        raise UserError(f"--minimize {s.minimize!r}: use one of {', '.join(contract.OBJECTIVES)}.")
     if s.storage:
         store.check_url(s.storage)  # a typo fails before the model loads
     beat_s, grace_s = store.timing()
@@ -186,9 +195,11 @@ def _open_study(storage, url: str, name: str, the_info: dict, seed: int) -> optu
     if old is None:
         study.set_user_attr(contract.INFO, the_info)
     else:
-        for key in ("model", "task", "target", "protocol"):
-            if old.get(key) != the_info[key]:
-                raise UserError(f"study {name!r} in {url} was made with {key}={old.get(key)!r}, "
+        old = contract.study_info(old)   # an older study minimised size
+        for key in ("model", "task", "target", "protocol", contract.OBJECTIVE):
+            was = old.get(key)
+            if was != the_info[key]:
+                raise UserError(f"study {name!r} in {url} was made with {key}={was!r}, "
                                 f"not {the_info[key]!r}; use another --study name or the "
                                 "original settings.")
     return study

@@ -1,5 +1,6 @@
 """One trial: the sampler's choices -> a plan -> quantized, scored (stopping as soon as
-the data seen decides the target), measured -> the trial's attributes.
+the data seen decides the target), measured -> the trial's attributes; its objective
+values are (the study's objective: size_mib or latency_ms, quality).
 
 `TrialRunner.evaluate` is the one call into the evaluator, so a test can replace
 it. What raises inside a trial is recorded as the trial's fail reason; the worker
@@ -58,10 +59,24 @@ def budget_ok(study: optuna.Study, trial: optuna.Trial, total: int) -> None:
         raise SurplusTrial(why)
 
 
+def latency_model(session: Session):
+    """The latency model for every plan the space can make (micro-benchmarks of each
+    (shape, option) as served, or read from the cache under --out)."""
+    from ..latency import LatencyModel
+
+    options = sorted({c for c in session.fixed.values() if c} |
+                     {o for ch in session.choices for o in ch.options if o},
+                     key=lambda c: (c.nbits, c.group_size or 0))
+    return LatencyModel.for_model(session.ev.loaded, options, session.ev.backend,
+                                  Path(session.s.out))
+
+
 class TrialRunner:
-    def __init__(self, session: Session, refs: References, prior: Prior, early: bool):
+    def __init__(self, session: Session, refs: References, prior: Prior, early: bool,
+                 latency=None):
         self.session, self.refs, self.prior, self.early = session, refs, prior, early
-        self.latency = None   # the latency model, made at the first predicted speed
+        self.latency = latency  # the latency model: made before the prior when the study
+        #                         minimises latency, else at the first trial that needs it
         self.trial_id: int | None = None
 
     def evaluate(self, resolved, **kw) -> dict:
@@ -105,6 +120,7 @@ class TrialRunner:
         else:
             metrics, verdict = self.score(labels, resolved)
             if verdict == "infeasible":
+                metrics["latency_ms"] = 1e3 * self.predict(resolved)
                 self.constrain(trial, metrics)
                 trial.set_user_attr(contract.METRICS, metrics)
                 trial.set_user_attr(contract.PRUNED_AT, metrics["fraction"])
@@ -117,7 +133,7 @@ class TrialRunner:
             raise FloatingPointError(f"{target.metric} is {metrics[target.metric]} (numerical "
                                      "overflow in the quantized model)")
         self.constrain(trial, metrics)
-        return metrics["size_mib"], metrics[target.metric]
+        return metrics[session.objective_key], metrics[target.metric]
 
     def constrain(self, trial: optuna.Trial, metrics: dict) -> None:
         for name, value in self.session.target.constraints(metrics).items():
@@ -163,21 +179,22 @@ class TrialRunner:
         est = estimate(units, self.session.ev.total, self.refs.units(self.session.target.metric))
         return self.session.target.decide(est.interval(LINK[self.session.target.metric])), est
 
+    def predict(self, resolved) -> float:
+        """The latency model's seconds per token (image) of a plan."""
+        if self.latency is None:
+            self.latency = latency_model(self.session)
+        return self.latency.predict(resolved)
+
     def add_speed(self, metrics: dict, resolved) -> None:
-        """The speed of a trial: measured (--trial-speed measured), else predicted."""
+        """A trial's predicted `latency_ms` (every study), and its speed: measured
+        (--trial-speed measured), else predicted."""
         session = self.session
+        seconds = self.predict(resolved)
+        metrics["latency_ms"] = 1e3 * seconds
         if session.s.trial_speed == "measured":
             metrics["speed_source"] = "measured"
             return
-        if self.latency is None:
-            from ..latency import LatencyModel
-
-            options = sorted({c for c in resolved.values() if c} |
-                             {o for ch in session.choices for o in ch.options if o},
-                             key=lambda c: (c.nbits, c.group_size or 0))
-            self.latency = LatencyModel.for_model(session.ev.loaded, options,
-                                                  session.ev.backend, Path(session.s.out))
-        metrics[session.speed_key] = 1.0 / self.latency.predict(resolved)
+        metrics[session.speed_key] = 1.0 / seconds
         metrics["speed_source"] = "predicted"
 
 
