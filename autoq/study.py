@@ -7,8 +7,8 @@ config. Both the search and the report import these; neither re-implements them.
 
 Study folder (`<out>/<study>/`): study.json, baselines.json, sensitivity.json,
 trials.jsonl (one record per finished or failed trial), pareto.json, one plan per
-Pareto config (pareto-NN.json, the least of the objective first) and best.json
-(autoq.plan/1).
+Pareto config (pareto-NN.json, the least of the objective first), best.json
+(autoq.plan/1) and oneshot.json (the one-shot reference plans).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ PARETO_FILE = "pareto.json"
 BEST_FILE = "best.json"
 BASELINES_FILE = "baselines.json"
 SENSITIVITY_FILE = "sensitivity.json"
+ONESHOT_FILE = "oneshot.json"       # the one-shot plans (also the autoq:oneshot attribute)
 LOCK_FILE = ".lock"
 
 

@@ -241,10 +241,10 @@ def test_front_and_best_follow_the_objective_key():
 
 def test_a_latency_studys_default_name_says_so():
     s = SearchSettings(eval=EvalSettings(model="llama"), target=14.0, metric="ppl")
-    assert study_name(s) == "llama-default-ppl14"
+    assert study_name(s, "wikitext2") == "llama-wikitext2-ppl14"
     assert study_name(SearchSettings(eval=EvalSettings(model="llama"), target=14.0,
-                                     metric="ppl", minimize="latency")) == \
-        "llama-default-ppl14-latency"
+                                     metric="ppl", minimize="latency"), "wikitext2") == \
+        "llama-wikitext2-ppl14-latency"
 
 
 def test_minimize_is_checked_before_anything_loads(tmp_path, tiny_llama_dir):

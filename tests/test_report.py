@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from autoq.cli import app
 from autoq.plan import LayerConfig, Plan
-from autoq.report import data, heatmap, load, rows
+from autoq.report import heatmap, load, panels, rows
 from autoq import study as contract
 from autoq.study import front_of
 from autoq.report.data import Study, Trial
@@ -127,11 +127,11 @@ def test_front_keeps_ties_and_drops_the_worse_of_equal_x():
 
 
 def test_staircase_corner_is_the_worse_of_each_coordinate():
-    assert data.staircase([(3.0, 20.0), (1.0, 30.0)], (False, False)) == \
+    assert panels.staircase([(3.0, 20.0), (1.0, 30.0)], (False, False)) == \
         [(1.0, 30.0), (3.0, 30.0), (3.0, 20.0)]
-    assert data.staircase([(1.0, 20.0), (3.0, 30.0)], (True, False)) == \
+    assert panels.staircase([(1.0, 20.0), (3.0, 30.0)], (True, False)) == \
         [(1.0, 20.0), (1.0, 30.0), (3.0, 30.0)]
-    assert data.staircase([], (False, False)) == []
+    assert panels.staircase([], (False, False)) == []
 
 
 def _study(points, target=25.0, higher=False, baselines=None) -> Study:
@@ -150,11 +150,11 @@ def test_series_uses_complete_trials_once_and_the_reference_points():
                baselines={"fp": {"ppl": 20, "size_mib": 60, "tokens_per_s": 2},
                           "4:64": {"ppl": 24, "size_mib": 18, "tokens_per_s": 4.5}})
     s.trials[3].duplicate_of = 1
-    size = data.series(s, data.AXES[0])
+    size = panels.series(s, panels.AXES[0])
     assert [p.trial.number for p in size.trials] == [0, 1, 4]  # no pruned, duplicate, NaN
     assert [p.trial.number for p in size.front] == [0, 1]
     assert size.uniform == [("4:64", 18.0, 24.0)] and size.fp == (60.0, 20.0)
-    speedup = data.series(s, data.AXES[3])
+    speedup = panels.series(s, panels.AXES[3])
     assert [round(p.x, 3) for p in speedup.front] == [2.0, 2.5]  # speed / fp speed
     assert speedup.uniform == [("4:64", 2.25, 24.0)]
 
@@ -175,14 +175,14 @@ def test_panels_keep_far_reference_points_at_the_edge_with_their_value():
                baselines={"fp": {"ppl": 20, "size_mib": 60, "tokens_per_s": 2},
                           "2:32": {"ppl": 900, "size_mib": 6, "tokens_per_s": 6},
                           "4:64": {"ppl": 24, "size_mib": 18, "tokens_per_s": 4.5}})
-    size = next(p for p in data.panels([s]) if p.axis.key == "size")
+    size = next(p for p in panels.panels([s]) if p.axis.key == "size")
     lo, hi = size.y_range
     assert lo < 20 and 30 < hi < 40 and not size.log_y  # trials, fp and target decide
     refs = {r.label: r for r in size.refs}
     assert refs["2:32"].off == 1 and 30 < refs["2:32"].shown_y < hi
     assert refs["2:32"].text == "2:32: ppl 900.00 ↑"
     assert refs["4:64"].off == 0 and refs["4:64"].shown_y == 24 and refs["fp"].x == 60
-    assert [p.axis.key for p in data.panels([s])] == ["size", "speed", "speedup"]  # no bits
+    assert [p.axis.key for p in panels.panels([s])] == ["size", "speed", "speedup"]  # no bits
 
 
 def test_chosen_configs_are_the_best_then_the_front_spread_out():
@@ -243,31 +243,37 @@ def test_read_folder(tmp_path):
         if t.number in measured:
             assert t.metrics["speed_source"] == "measured"
     table = rows.front_rows(study)
-    assert [r["plan"].rstrip(" ★") for r in table] == sorted(t.plan for t in study.front)
+    assert [Path(r["plan"].rstrip(" ★")).name for r in table] == \
+        sorted(t.plan for t in study.front)
     assert sum("★" in r["plan"] for r in table) == 1
 
 
 # ---- the command -------------------------------------------------------------------------
-def test_report_command_writes_png_html_md(tmp_path):
+def test_report_command_writes_png_html_md(tmp_path, monkeypatch):
     a = write_study(tmp_path / "results", "study-a", seed=0)
     b = write_study(tmp_path / "results", "study-b", seed=1, target=23.0)
     out = tmp_path / "report"
+    monkeypatch.chdir(tmp_path)
     r = runner.invoke(app, ["report", str(a), str(b), "--out", str(out)])
     assert r.exit_code == 0, r.output
     names = sorted(p.name for p in out.iterdir())
-    assert names == sorted(["wikitext2-pareto-size.png", "wikitext2-pareto-bits.png",
-                            "wikitext2-pareto-speed.png", "wikitext2-pareto-speedup.png",
-                            "study-a-bits.png", "study-b-bits.png", "report.html", "report.md"])
+    stem = "tiny-llama-wikitext2-pareto"   # one protocol group: <model>-<task>
+    assert names == sorted([f"{stem}-size.png", f"{stem}-bits.png", f"{stem}-speed.png",
+                            f"{stem}-speedup.png", "study-a-bits.png", "study-b-bits.png",
+                            "report.html", "report.md"])
     for name in names:
         if name.endswith(".png"):
             assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     page = (out / "report.html").read_text()
     assert "Plotly.newPlot" in page and "<script src" not in page  # plotly.js inline
     assert "study-a: Pareto front" in page and "study-b: Pareto front" in page
-    assert "plan: pareto-00.json" in page  # the hover names the plan file
+    assert "plan: results\\u002fstudy-a\\u002fpareto-00.json" in page  # the hover: the plan
+    assert "<td>results/study-a/pareto-00.json ★</td>" in page or \
+        "<td>results/study-a/pareto-00.json</td>" in page
     md = (out / "report.md").read_text()
-    assert "## study-a" in md and "| pareto-00.json" in md and "(wikitext2-pareto-size.png)" in md
-    assert "Pareto configs" in r.output and "pareto-00.json" in r.output
+    assert "### study-a" in md and "| results/study-a/pareto-00.json" in md
+    assert f"({stem}-size.png)" in md
+    assert "Pareto configs" in r.output and "results/study-a/pareto-00.json" in r.output
     assert leftovers(out) == []
 
 

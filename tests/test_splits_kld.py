@@ -106,6 +106,14 @@ def test_one_shot_plans_fit_their_budgets_and_use_each_signal(tmp_path, tiny_lla
         layers = {n: c for n, c in e["layers"].items() if c is not None}
         assert layers and e["metrics"]["fraction"] == 1 and "report" in e
         assert e["metrics"]["bits_per_weight"] <= e["budget_bits"] + 1e-9
+    # what the search wrote, `autoq report` reads: both splits, KL, the gap table
+    r = runner.invoke(app, ["report", str(folder), "--out", str(tmp_path / "rep"), "--format",
+                            "md", "-q"])
+    assert r.exit_code == 0, r.output
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "| ppl search | ppl report | KL search | KL report |" in md
+    assert "One-shot plans against the searched front, at equal size" in md
+    assert all(f"| {label} |" in md for label in shots)
 
 
 def test_one_shot_budgets_are_the_users_and_none_skips_them(tmp_path, tiny_llama_dir, splits):

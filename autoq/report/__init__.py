@@ -1,7 +1,9 @@
 """`autoq report`: Pareto fronts, bit-allocation heatmaps and tables of autoq studies.
 
     load.py       study folders / Optuna storages -> Study (read-only)
-    data.py       pure data steps: fronts, panels, heatmap matrices, table rows
+    data.py       the study, its protocol group, its plans on either split (pure)
+    panels.py     plot panels (pure)     rows.py, gap.py  table rows (pure)
+    heatmap.py    bit-allocation matrices (pure)   labels.py  label placement (pure)
     draw_png.py   matplotlib pictures        draw_html.py  one plotly page
     tables.py     rich terminal table, Markdown report
     baselines.py  --baselines: evaluate missing uniform reference points
@@ -12,17 +14,19 @@ the files written, each one atomically, so a failure leaves no partial file.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Sequence
 
 from ..errors import UserError
 from ..io import write_atomic
-from .data import Study, panels
+from .data import Study, slug
+from .panels import panels as make_panels   # the module keeps its name
 from .rows import chosen
 
 FORMATS = ("png", "html", "md")
 HEATMAPS_PER_PNG = 5     # best + evenly spread Pareto configs; the HTML page shows all
+
+__all__ = ["FORMATS", "parse_formats", "render", "slug", "write"]
 
 
 def parse_formats(text: str) -> list[str]:
@@ -34,35 +38,32 @@ def parse_formats(text: str) -> list[str]:
     return wanted
 
 
-def slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "study"
-
-
 def render(studies: Sequence[Study], formats: Sequence[str]) -> dict[str, bytes | str]:
     """File name -> contents of every output, nothing written yet."""
     from . import tables
 
-    the_panels = panels(studies)
+    the_panels = make_panels(studies)
     files: dict[str, bytes | str] = {}
-    images: dict[str, str] = {}
+    pictures: dict[str, list[tuple[str, str]]] = {}   # group stem -> (caption, file)
+    heatmaps: dict[str, str] = {}                      # study name -> file
     if "png" in formats:
         from . import draw_png
 
         for p in the_panels:
             files[f"{p.file_stem}.png"] = draw_png.pareto(p)
-            images[f"{p.title}"] = f"{p.file_stem}.png"
+            pictures.setdefault(p.group, []).append((p.title, f"{p.file_stem}.png"))
         for s in studies:
             configs = chosen(s, limit=HEATMAPS_PER_PNG - 1)
             if configs:
                 name = f"{slug(s.name)}-bits.png"
                 files[name] = draw_png.bits(s, configs)
-                images[f"bit allocation of {s.name}"] = name
+                heatmaps[s.name] = name
     if "html" in formats:
         from . import draw_html
 
         files["report.html"] = draw_html.page(studies, the_panels)
     if "md" in formats:
-        files["report.md"] = tables.markdown(studies, images)
+        files["report.md"] = tables.markdown(studies, pictures, heatmaps)
     return files
 
 

@@ -1,10 +1,10 @@
-"""Pure data steps behind every picture and table of `autoq report`.
+"""The study as `autoq report` sees it, and its protocol groups: pure data.
 
-Nothing here draws, prints or writes: a Study (read by load.py) goes in; Pareto
-fronts, staircases, plot panels, bit-allocation matrices and table rows come
-out (heatmap.py: bit-allocation matrices; rows.py: which configs to show and the
-table rows). The drawers (draw_png.py, draw_html.py, tables.py) only turn these
-into pictures, so a new plot is one data function plus one small drawing function.
+Nothing here draws, prints or writes: a Study (read by load.py) goes in; the
+studies grouped by protocol, the search's Pareto plans and best config, and the
+numbers of a plan on either split come out. panels.py turns a group into plot
+panels, heatmap.py a plan into a bit-allocation matrix, rows.py and gap.py make
+the table rows; the drawers (draw_png.py, draw_html.py, tables.py) only draw.
 
 Front rule (autoq/study.py, the same as the search's): a point dominates
 another when it is at least as good in both objectives and strictly better in
@@ -13,24 +13,39 @@ one. Equal points do not dominate each other, so ties all stay on the front.
 
 from __future__ import annotations
 
-import math
+import hashlib
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 from ..plan import FP
-from ..study import front_of, number
+from ..study import best as best_of
+from ..study import front as front_by
+from ..study import number
 from ..target import Target
 
-METRIC_NAME = {"ppl": "perplexity", "accuracy": "top-1 accuracy"}
+METRIC_NAME = {"ppl": "perplexity", "accuracy": "top-1 accuracy",
+               "kld": "KL divergence from the unquantized model"}
+METRIC_SHORT = {"ppl": "ppl", "accuracy": "accuracy", "kld": "KL"}
 SPEED_UNIT = {"tokens_per_s": "tokens/s", "images_per_s": "images/s"}
+PER = {"tokens_per_s": "token", "images_per_s": "image"}
+SPLITS = ("search", "report")
+SIGNAL_NAME = {"sensitivity": "one-shot: sensitivity knapsack",
+               "single-layer-kl": "one-shot: single-layer-KL knapsack"}
 
 
 def fmt_metric(metric: str, value: float | None, with_name: bool = True) -> str:
     if value is None:
         return "—"
-    text = f"{value:.1%}" if metric == "accuracy" else f"{value:.2f}"
-    return f"{metric} {text}" if with_name else text
+    text = f"{value:.2%}" if metric == "accuracy" else f"{value:.4g}" if metric == "kld" \
+        else f"{value:.2f}"
+    return f"{METRIC_SHORT.get(metric, metric)} {text}" if with_name else text
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "study"
 
 
 # ---- the study, as read from a folder or a storage ---------------------------------
@@ -38,9 +53,9 @@ def fmt_metric(metric: str, value: float | None, with_name: bool = True) -> str:
 class Trial:
     number: int | None
     state: str                    # COMPLETE, PRUNED or FAIL
-    origin: str                   # seed, sampler or uniform
+    origin: str                   # prior, sampler or uniform
     layers: dict                  # full module name -> {"nbits", "group_size"} or None (fp)
-    metrics: dict
+    metrics: dict                 # search split; the report split under "report"
     plan: str | None = None       # plan file the search wrote for it (pareto-NN.json, best.json)
     duplicate_of: int | None = None  # same config as an earlier trial (not drawn twice)
 
@@ -48,13 +63,14 @@ class Trial:
 @dataclass
 class Study:
     name: str
-    meta: dict                            # study.json (or the storage's "autoq" user attr)
-    baselines: dict[str, dict]            # "fp", "4:64", ... -> metrics
+    meta: dict                            # study.json (or the storage's "autoq:study" attr)
+    baselines: dict[str, dict]            # "fp", "4:64", ... -> metrics (report under "report")
     trials: list[Trial]
     front: list[Trial] | None = None      # the search's Pareto plans (pareto.json), if written
     best: Trial | None = None             # best.json, if written
     source: str = ""                      # folder or storage URL it was read from
     folder: Path | None = None
+    oneshot: dict[str, dict] = field(default_factory=dict)  # oneshot.json: label -> plan
 
     @property
     def metric(self) -> str:
@@ -75,6 +91,32 @@ class Study:
                       number(self.meta.get("max_size_mib")))
 
     @property
+    def objective(self) -> str:
+        """What the search minimised beside quality: "size" (default) or "latency"."""
+        return "latency" if self.meta.get("objective") == "latency" else "size"
+
+    @property
+    def x_key(self) -> str:
+        """The metrics key of that objective (the search's front and best.json are by it)."""
+        return "latency_ms" if self.objective == "latency" else "size_mib"
+
+    @property
+    def task_metric(self) -> str:
+        """The task's own metric (ppl or accuracy), also when the study targets KL."""
+        if self.metric != "kld":
+            return self.metric
+        for m in [*self.baselines.values(), *(t.metrics for t in self.trials)]:
+            for key in ("ppl", "accuracy"):
+                if key in m:
+                    return key
+        return "ppl"
+
+    @property
+    def metrics_shown(self) -> list[str]:
+        """The target's metric first, then the other one (KL beside ppl, ppl beside KL)."""
+        return [self.metric, "kld" if self.metric != "kld" else self.task_metric]
+
+    @property
     def blocks(self) -> list[str] | None:
         """The model's block prefixes, as the search found them (None: older studies)."""
         blocks = (self.meta.get("structure") or {}).get("blocks")
@@ -88,8 +130,9 @@ class Study:
     def fp_speed(self) -> float | None:
         return number(self.baselines.get(FP, {}).get(self.speed_key))
 
-    def quality(self, metrics: Mapping) -> float | None:
-        return number(metrics.get(self.metric))
+    def quality(self, metrics: Mapping, split: str = "search",
+                metric: str | None = None) -> float | None:
+        return number(split_metrics(metrics, split).get(metric or self.metric))
 
     def complete(self) -> list[Trial]:
         """Finished trials with full metrics, each config once."""
@@ -99,182 +142,122 @@ class Study:
         """The quality target (and the study's size limit, if any)."""
         return self.goal.meets(metrics)
 
+    def report_protocol(self) -> str | None:
+        """The report split's protocol, from any plan or reference point scored on it."""
+        plans = self.front if self.front is not None else self.trials   # a storage: no files
+        found = [*(t.metrics for t in plans), *self.baselines.values(),
+                 *({"report": e.get("report")} for e in self.oneshot.values())]
+        for m in found:
+            p = split_metrics(m, "report").get("protocol")
+            if isinstance(p, str):
+                return p
+        return None
 
-# ---- Pareto fronts (the rule lives in autoq/study.py, shared with the search) ----------
-def staircase(points: Sequence[tuple[float, float]],
-              maximize: tuple[bool, bool]) -> list[tuple[float, float]]:
-    """The boundary of what a front reaches: between two neighbours (sorted by x) a
-    corner at the worse value of each coordinate."""
-    pts = sorted(points)
-    out = pts[:1]
-    for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
-        worse_x = min(x0, x1) if maximize[0] else max(x0, x1)
-        worse_y = min(y0, y1) if maximize[1] else max(y0, y1)
-        out += [(worse_x, worse_y), (x1, y1)]
-    return out
+    def plan_path(self, plan: str | None, cwd: Path | None = None) -> str | None:
+        """A plan file of the study as the user at `cwd` (default: here) types it: relative
+        when it lies below, else absolute; ready for `autoq apply`."""
+        if not plan or self.folder is None:
+            return plan
+        path = (Path(self.folder) / plan).absolute()
+        here = (cwd or Path.cwd()).absolute()
+        try:
+            return str(path.relative_to(here))
+        except ValueError:
+            return os.path.normpath(path)
 
 
-# ---- plot panels: one x axis, quality on y, every study of one task --------------------
-@dataclass(frozen=True)
-class Axis:
-    key: str                                          # file name part
-    label: str                                        # with units; {unit} = speed unit
-    maximize: bool
-    value: Callable[[Mapping, Study], float | None]
+def split_metrics(metrics: Mapping, split: str) -> Mapping:
+    """A plan's numbers on one split: the metrics themselves (search), or their
+    "report" sub-object (empty when the plan was not scored on a report split)."""
+    if split == "search":
+        return metrics
+    report = metrics.get("report")
+    return report if isinstance(report, Mapping) else {}
 
 
-def _speedup(m: Mapping, s: Study) -> float | None:
-    speed, fp = number(m.get(s.speed_key)), s.fp_speed
+def source_of(metrics: Mapping, key: str) -> str | None:
+    """"predicted" or "measured" for a speed (`key` tokens_per_s / images_per_s) or a
+    latency (latency_ms; predicted by the latency model unless it says otherwise)."""
+    if key == "latency_ms":
+        return metrics.get("latency_source", "predicted")
+    return metrics.get("speed_source")
+
+
+def speedup(metrics: Mapping, study: Study) -> float | None:
+    """A plan's speed over the unquantized model's."""
+    speed, fp = number(metrics.get(study.speed_key)), study.fp_speed
     return speed / fp if speed is not None and fp else None
 
 
-AXES = (
-    Axis("size", "model size (MiB)", False, lambda m, s: number(m.get("size_mib"))),
-    Axis("bits", "bits per weight of the quantized layers (incl. scales and zeros)", False,
-         lambda m, s: number(m.get("bits_per_weight"))),
-    Axis("speed", "speed ({unit}, batch 1)", True, lambda m, s: number(m.get(s.speed_key))),
-    Axis("speedup", "speedup over the unquantized model (×)", True, _speedup),
-)
+def on_cpu(metrics: Mapping) -> bool:
+    return metrics.get("device") == "cpu" or "cpu" in str(metrics.get("speed_protocol", ""))
 
 
-@dataclass
-class Point:
-    x: float
-    y: float
-    trial: Trial
+# ---- which configs the search chose ------------------------------------------------------
+def pareto_trials(study: Study) -> list[Trial]:
+    """The search's Pareto plans (pareto.json); without them, as the search makes it: the
+    front of the complete trials by the objective (size, or latency) and quality."""
+    if study.front is not None:
+        return study.front
+    return front_by([(t, t.metrics) for t in study.complete()], study.goal, x=study.x_key)
 
 
-@dataclass
-class Series:
-    study: Study
-    trials: list[Point]                       # every COMPLETE trial with both values
-    front: list[Point]                        # non-dominated, sorted by x
-    stairs: list[tuple[float, float]]
-    uniform: list[tuple[str, float, float]]   # (label "4:64", x, y) reference points
-    fp: tuple[float, float] | None
+def best_trial(study: Study) -> Trial | None:
+    """best.json; without it, as the search picks it: the smallest (fastest, for a
+    latency study) COMPLETE trial that meets the target (ties: the better, then the earlier)."""
+    if study.best is not None:
+        return study.best
+    return best_of([(t, t.metrics) for t in study.complete()], study.goal,
+                   number_of=lambda t: t.number, x=study.x_key)
 
 
-@dataclass
-class Ref:
-    """A reference point (a uniform config or fp) as drawn in one panel."""
-    label: str          # "4:64" or "fp"
-    x: float
-    y: float            # the measured quality
-    shown_y: float      # y kept inside the panel's range
-    off: int            # 0 inside; +1 above the range, -1 below (drawn at the edge)
-    text: str           # "4:64", or "2:32: ppl 112.40 ↑" when off the range
+def same(a: Trial, b: Trial | None) -> bool:
+    return b is not None and (a.number is not None and a.number == b.number
+                              or a.layers == b.layers)
 
 
-@dataclass
-class Panel:
+# ---- protocol groups: studies whose numbers may share an axis ----------------------------
+@dataclass(frozen=True)
+class Protocol:
+    model: str
     task: str
-    axis: Axis
-    title: str
-    subtitle: str            # protocol(s)
-    x_label: str
-    y_label: str
-    metric: str
-    log_y: bool
-    y_range: tuple[float, float]
-    series: list[Series] = field(default_factory=list)
-    refs: list[Ref] = field(default_factory=list)   # every study's, each point once
-    note: str = ""           # e.g. which speeds are predicted
+    split: str                 # the search split's protocol string (windows/images in it)
+    seq_len: int | None
+    limit: int | None
 
-    @property
-    def file_stem(self) -> str:
-        return f"{self.task}-pareto-{self.axis.key}"
+    @classmethod
+    def of(cls, study: Study) -> "Protocol":
+        settings = study.meta.get("settings") if isinstance(study.meta.get("settings"),
+                                                            dict) else {}
+        return cls(str(study.meta.get("model", "?")), str(study.meta.get("task", "?")),
+                   str(study.meta.get("protocol", "?")), settings.get("seq_len"),
+                   settings.get("limit"))
 
+    def digest(self) -> str:
+        ident = repr((self.model, self.task, self.split, self.seq_len, self.limit))
+        return hashlib.sha256(ident.encode()).hexdigest()[:6]
 
-def series(study: Study, axis: Axis) -> Series:
-    pts = []
-    for t in study.complete():
-        x, y = axis.value(t.metrics, study), study.quality(t.metrics)
-        if x is not None and y is not None:
-            pts.append(Point(x, y, t))
-    on_front = [pts[i] for i in front_of([(p.x, p.y) for p in pts],
-                                         (axis.maximize, study.higher_is_better))]
-    refs = {label: (axis.value(m, study), study.quality(m)) for label, m in study.baselines.items()}
-    uniform = [(label, x, y) for label, (x, y) in refs.items()
-               if label != FP and x is not None and y is not None]
-    fp = refs.get(FP)
-    return Series(study, pts, on_front,
-                  staircase([(p.x, p.y) for p in on_front],
-                            (axis.maximize, study.higher_is_better)),
-                  sorted(uniform, key=lambda u: u[1]),
-                  fp if fp and None not in fp else None)
+    def text(self) -> str:
+        extra = [f"seq-len {self.seq_len}" if self.seq_len and f"x {self.seq_len} "
+                 not in self.split else ""]
+        return "; ".join(filter(None, [self.split, *extra]))
 
 
-def y_range(ys: Sequence[float], log: bool) -> tuple[float, float]:
-    """The range of `ys` with a 5 % margin (in log space on a log axis)."""
-    lo, hi = min(ys), max(ys)
-    if log:
-        pad = (hi / lo) ** 0.05
-        return lo / pad, hi * pad
-    pad = (hi - lo) * 0.05 or abs(hi) * 0.05 or 1.0
-    return lo - pad, hi + pad
+@dataclass
+class Group:
+    protocol: Protocol
+    studies: list[Study]
+    stem: str                  # file names of the group's pictures start with it
 
 
-def _refs(ss: Sequence[Series], metric: str, data_range: tuple[float, float],
-          rng: tuple[float, float], log: bool) -> list[Ref]:
-    """Reference points, each once; one outside `rng` sits in the margin at that edge."""
-    mid = (lambda a, b: math.sqrt(a * b)) if log else (lambda a, b: (a + b) / 2)
-    edge = {1: mid(data_range[1], rng[1]), -1: mid(data_range[0], rng[0])}
-    points = [(u, x, y) for s in ss for u, x, y in s.uniform] + \
-        [(FP, *s.fp) for s in ss if s.fp]
-    out: dict[tuple[str, float, float], Ref] = {}
-    for label, x, y in points:
-        off = 1 if y > rng[1] else -1 if y < rng[0] else 0
-        arrow = "↑" if off > 0 else "↓"
-        text = f"{label}: {fmt_metric(metric, y)} {arrow}" if off else label
-        out.setdefault((label, x, y), Ref(label, x, y, edge.get(off, y), off, text))
-    return list(out.values())
-
-
-def _joined(values) -> str:
-    return ", ".join(dict.fromkeys(str(v) for v in values if v))
-
-
-def panels(studies: Sequence[Study]) -> list[Panel]:
-    """Quality against each axis, one panel per task and axis that has any points.
-
-    The y range covers the trials, fp and the targets; a reference point far outside
-    it (say 2-bit, perplexity in the thousands) is drawn at the edge with its value."""
-    out = []
-    for task, group in group_by_task(studies).items():
-        first = group[0]
-        metric = first.metric
-        unit = SPEED_UNIT.get(first.speed_key, first.speed_key)
-        better = "higher" if first.higher_is_better else "lower"
-        for axis in AXES:
-            ss = [series(s, axis) for s in group]
-            if not any(s.trials or s.uniform or s.fp for s in ss):
-                continue
-            core = [p.y for s in ss for p in s.trials] + [s.fp[1] for s in ss if s.fp] + \
-                [t for s in group if (t := s.target) is not None]
-            if not [p for s in ss for p in s.trials]:
-                core += [y for s in ss for *_, y in s.uniform]
-            log_y = metric == "ppl" and min(core) > 0 and max(core) / min(core) > 3
-            rng = y_range(core, log_y)
-            x_label = axis.label.format(unit=unit)
-            predicted = axis.key in ("speed", "speedup") and any(
-                p.trial.metrics.get("speed_source") == "predicted" for s in ss for p in s.trials)
-            out.append(Panel(
-                task, axis,
-                title=f"{_joined(s.meta.get('model') for s in group)} · {task} — "
-                      f"{METRIC_NAME.get(metric, metric)} vs {x_label.split(' (')[0]}",
-                subtitle=_joined(s.meta.get("protocol") for s in group),
-                x_label=x_label,
-                y_label=f"{task} {METRIC_NAME.get(metric, metric)} ({better} is better"
-                        f"{', log scale' if log_y else ''})",
-                metric=metric, log_y=log_y, y_range=rng, series=ss,
-                refs=_refs(ss, metric, (min(core), max(core)), rng, log_y),
-                note="trial speeds are predicted by the latency model, except for the search's "
-                     "Pareto configs and the reference points (measured)" if predicted else ""))
-    return out
-
-
-def group_by_task(studies: Sequence[Study]) -> dict[str, list[Study]]:
-    groups: dict[str, list[Study]] = {}
+def groups(studies: Sequence[Study]) -> list[Group]:
+    """Studies grouped by protocol (model, task, search split, windows/images, seq-len),
+    in the order first seen. Each group's pictures are named `<model>-<task>`, with a
+    short hash of the protocol when two groups of one model and task are drawn."""
+    by: dict[Protocol, list[Study]] = {}
     for s in studies:
-        groups.setdefault(str(s.meta.get("task", "?")), []).append(s)
-    return groups
+        by.setdefault(Protocol.of(s), []).append(s)
+    names = {p: slug(f"{p.model.rstrip('/').rsplit('/', 1)[-1]}-{p.task}") for p in by}
+    clash = {n for n in names.values() if list(names.values()).count(n) > 1}
+    return [Group(p, ss, f"{names[p]}-{p.digest()}" if names[p] in clash else names[p])
+            for p, ss in by.items()]

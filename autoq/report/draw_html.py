@@ -11,11 +11,16 @@ from typing import Sequence
 import plotly.graph_objects as go
 
 from ..plan import FP
-from .data import Panel, Study, Trial, fmt_metric, number
+from . import gap
+from .data import Study, Trial, best_trial, fmt_metric, groups, number, source_of
 from .heatmap import heatmap, plan_summary
-from .rows import (baseline_rows, best_trial, caption, chosen, counts, front_rows, headers,
-                   plan_files)
+from .panels import Panel
+from .rows import (baseline_rows, best_note, caption, chosen, columns, counts, front_rows,
+                   plan_files, split_notes)
 from .style import BIT_COLORS, bit_label, study_style
+
+ONESHOT_SYMBOL = {"sensitivity": "x", "single-layer-kl": "cross"}
+ONESHOT_DASH = {"sensitivity": "dash", "single-layer-kl": "dot"}
 
 CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 8px;
@@ -23,72 +28,122 @@ text-align:right}th{background:#f3f3f3}h2{margin-top:2em;border-bottom:1px solid
 .meta{color:#555}"""
 
 
-def _trial_hover(study: Study, t: Trial, plans: dict[int, str]) -> str:
-    m = t.metrics
-    lines = [f"<b>{html.escape(study.name)}</b> · trial {t.number} ({t.origin})",
-             fmt_metric(study.metric, study.quality(m))]
+def _trial_hover(study: Study, t: Trial | None, plans: dict[int, str], split: str = "search",
+                 head: str = "") -> str:
+    m = t.metrics if t else {}
+    lines = [head or f"<b>{html.escape(study.name)}</b> · trial {t.number} ({t.origin})"]
+    for metric in study.metrics_shown:
+        for sp in ("search", "report"):
+            if (q := study.quality(m, sp, metric)) is not None:
+                lines.append(f"{fmt_metric(metric, q)} ({sp} split)")
     if (f := number(m.get("fraction"))) is not None and f < 1:
-        lines[-1] += f" (estimated from {f:.0%} of the data)"
+        lines[1] += f" (estimated from {f:.0%} of the data)"
     for key, fmt in (("size_mib", "{:.1f} MiB"), ("bits_per_weight", "{:.2f} bits/weight"),
-                     (study.speed_key, "{:.3g} " + study.speed_key.replace("_per_s", "/s"))):
+                     (study.speed_key, "{:.3g} " + study.speed_key.replace("_per_s", "/s")),
+                     ("latency_ms", "{:.3g} ms")):
         if (v := number(m.get(key))) is not None:
-            predicted = key == study.speed_key and m.get("speed_source") == "predicted"
+            predicted = key in (study.speed_key, "latency_ms") and source_of(m, key) == \
+                "predicted"
             lines.append(fmt.format(v) + (" (predicted)" if predicted else ""))
-    lines.append(plan_summary(t.layers))
-    plan = t.plan or plans.get(t.number)
-    if plan:
-        lines.append(f"plan: {plan}")
+    if t is not None:
+        lines.append(plan_summary(t.layers))
+        plan = study.plan_path(t.plan) if t.plan else plans.get(t.number)
+        if plan:
+            lines.append(f"plan: {html.escape(plan)}")
     return "<br>".join(lines)
+
+
+def _open(symbol: str, predicted: bool) -> str:
+    return f"{symbol}-open" if predicted else symbol
+
+
+def _markers(fig: go.Figure, pts, name: str, group: str, color: str, symbol: str, size: int,
+             hover, speed: str | None, **marker) -> None:
+    """One trace per kind: filled = measured speed (latency), open = predicted (said in the
+    legend); `speed` names which, None on the other axes."""
+    for predicted in (False, True):
+        sel = [p for p in pts if p.predicted == predicted]
+        if not sel:
+            continue
+        tail = f" (predicted {speed})" if predicted and speed else ""
+        fig.add_scatter(x=[p.at[0] for p in sel], y=[p.at[1] for p in sel], mode="markers",
+                        name=f"{name}{tail}", legendgroup=group,
+                        marker=dict(color=color, symbol=_open(symbol, predicted), size=size,
+                                    **marker),
+                        hovertext=[hover(p) for p in sel], hoverinfo="text")
 
 
 def pareto(panel: Panel) -> go.Figure:
     fig = go.Figure()
+    speed = panel.axis.speed          # "speed", "latency" or None
     for i, s in enumerate(panel.series):
         color, _, symbol = study_style(i)
         name, plans = s.study.name, plan_files(s.study)
-        fig.add_scatter(x=[p.x for p in s.trials], y=[p.y for p in s.trials], mode="markers",
-                        name=f"{name}: all trials ({len(s.trials)})", legendgroup=name,
-                        marker=dict(color=color, symbol=symbol, size=7, opacity=0.3),
-                        hovertext=[_trial_hover(s.study, p.trial, plans) for p in s.trials],
-                        hoverinfo="text")
+        hover = lambda p, s=s, plans=plans: _trial_hover(s.study, p.trial, plans, panel.split)
+        _markers(fig, s.trials, f"{name}: all trials ({len(s.trials)})", name, color, symbol, 7,
+                 hover, speed, opacity=0.35)
         if s.front:
             fig.add_scatter(x=[x for x, _ in s.stairs], y=[y for _, y in s.stairs], mode="lines",
-                            line=dict(color=color, width=2), hoverinfo="skip", showlegend=False,
-                            legendgroup=name)
-            fig.add_scatter(x=[p.x for p in s.front], y=[p.y for p in s.front], mode="markers",
-                            name=f"{name}: Pareto front ({len(s.front)})", legendgroup=name,
-                            marker=dict(color=color, symbol=symbol, size=11,
-                                        line=dict(color="black", width=1)),
-                            hovertext=[_trial_hover(s.study, p.trial, plans) for p in s.front],
-                            hoverinfo="text")
+                            line=dict(color=color, width=2,
+                                      dash="solid" if panel.split == "search" else "dash"),
+                            hoverinfo="skip", showlegend=False, legendgroup=name)
+            _markers(fig, s.front, f"{name}: {s.front_label} ({len(s.front)})", name, color,
+                     symbol, 11, hover, speed, line=dict(color="black", width=1))
+        if s.best is not None:
+            _markers(fig, [s.best], f"{name}: best.json", name, color, "star", 20, hover, speed,
+                     line=dict(color="black", width=1))
         if s.study.target is not None:
             fig.add_hline(y=s.study.target, line=dict(color=color, dash="dash", width=1.5),
                           annotation_text=f"{name}: target {s.study.goal.text()}",
                           annotation_position="top left")
-    for group, symbol, size, name in (
-            ([r for r in panel.refs if r.label != FP], None, 10,
-             "uniform HQQ nbits:group (head not quantized)"),
-            ([r for r in panel.refs if r.label == FP], "star", 15, "fp (unquantized)")):
+    for o in panel.oneshots:
+        symbol = ONESHOT_SYMBOL.get(o.signal, "x")
+        fig.add_scatter(x=[p.at[0] for p in o.points], y=[p.at[1] for p in o.points],
+                        mode="lines",
+                        line=dict(color="#555", width=1.2, dash=ONESHOT_DASH.get(o.signal)),
+                        hoverinfo="skip", showlegend=False, legendgroup=o.label)
+        _markers(fig, o.points, o.label, o.label, "#555", symbol, 10,
+                 lambda p, o=o: f"<b>{html.escape(o.label)}</b> at {p.label} bits/weight<br>"
+                                f"{fmt_metric(panel.metric, p.y)} ({panel.split} split)<br>"
+                                f"{html.escape(panel.x_label)}: {p.x:.4g}"
+                                + (" (predicted)" if p.predicted else "")
+                                + ("<br>beyond the axes: drawn at the edge" if p.note else ""),
+                 speed)
+    for group, name in (([r for r in panel.refs if r.label != FP],
+                         "uniform HQQ nbits:group (head not quantized)"),
+                        ([r for r in panel.refs if r.label == FP], "fp (unquantized)")):
         if group:
             fig.add_scatter(
-                x=[r.x for r in group], y=[r.shown_y for r in group], mode="markers+text",
+                x=[r.shown_x for r in group], y=[r.shown_y for r in group], mode="markers+text",
                 text=[r.text for r in group], textposition="top right", name=name,
-                marker=dict(symbol=[symbol or {0: "diamond-open", 1: "triangle-up-open",
-                                               -1: "triangle-down-open"}[r.off] for r in group],
-                            size=size, color="black" if symbol else "#333", line=dict(width=2)),
-                hovertext=[f"{'uniform ' if r.label != 'fp' else ''}{r.label}<br>"
-                           f"{fmt_metric(panel.metric, r.y)}<br>{panel.x_label}: {r.x:.4g}"
-                           for r in group], hoverinfo="text")
+                marker=dict(symbol=[_ref_symbol(r) for r in group], size=10 if name[0] == "u"
+                            else 13, color="#bbb" if name[0] == "u" else "black",
+                            line=dict(width=1.5, color="#111")),
+                hovertext=[f"{'uniform ' if r.label != FP else ''}{r.label}<br>"
+                           f"{fmt_metric(panel.metric, r.y)} ({panel.split} split)<br>"
+                           f"{html.escape(panel.x_label)}: {r.x:.4g}" for r in group],
+                hoverinfo="text")
+    notes = [t for t in (*panel.subtitle.split("\n"), panel.note) if t]
+    if panel.caveat:
+        notes.append(f"<span style='color:#a01010'>{html.escape(panel.caveat)}</span>")
     fig.update_layout(
         title=dict(text="<br>".join([html.escape(panel.title)] + [
-            f"<sup>{html.escape(t)}</sup>" for t in (panel.subtitle, panel.note) if t])),
+            f"<sup>{t if t.startswith('<span') else html.escape(t)}</sup>" for t in notes])),
         xaxis_title=panel.x_label, yaxis_title=panel.y_label, template="plotly_white",
-        height=600, hoverlabel=dict(align="left"),
+        height=640, hoverlabel=dict(align="left"), margin=dict(t=120),
+        xaxis=dict(range=list(panel.x_range)),
         yaxis=dict(type="log" if panel.log_y else "linear",
                    range=[math.log10(v) for v in panel.y_range] if panel.log_y
                    else list(panel.y_range),
                    tickformat=".1%" if panel.metric == "accuracy" else None))
     return fig
+
+
+def _ref_symbol(r) -> str:
+    if r.label == FP:
+        return "hexagon"
+    return {(1, 0): "triangle-up", (-1, 0): "triangle-down", (0, 1): "triangle-right",
+            (0, -1): "triangle-left"}.get((r.off, r.off_x), "diamond")
 
 
 def bits(study: Study, kind: str, t: Trial) -> go.Figure:
@@ -123,16 +178,25 @@ def _table(cols: list[str], rows: list[dict]) -> str:
 
 
 def page(studies: Sequence[Study], panels: Sequence[Panel]) -> str:
-    """The whole page; plotly.js sits once in <head>, so the file works offline."""
+    """The whole page, one section per protocol group; plotly.js sits once in <head>, so
+    the file works offline."""
     from plotly.offline import get_plotlyjs
 
-    plots = "".join(_div(pareto(p)) for p in panels)
-    parts = "".join(f"<h2>{html.escape(s.name)}</h2>" + _study_html(s) for s in studies)
+    from .tables import PATHS, SPEEDS
+
+    parts = []
+    for g in groups(studies):
+        p = g.protocol
+        parts.append(f"<h2>{html.escape(f'{p.model} · {p.task} — {p.text()}')}</h2>")
+        parts += [_div(pareto(panel)) for panel in panels if panel.group == g.stem]
+        parts += [f"<h3>{html.escape(s.name)}</h3>" + _study_html(s) for s in g.studies]
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>autoq report</title>"
             f"<style>{CSS}</style><script>{get_plotlyjs()}</script></head><body>"
             f"<h1>autoq report</h1><p class='meta'>Studies: "
             f"{html.escape(', '.join(s.name for s in studies))}. Hover a point to see its plan; "
-            f"click a legend entry to hide it.</p>{plots}{parts}</body></html>")
+            f"click a legend entry to hide it. Open markers: speed (latency) predicted by the "
+            f"latency model; filled: measured. {html.escape(PATHS)} {html.escape(SPEEDS)}</p>"
+            f"{''.join(parts)}</body></html>")
 
 
 def _div(fig: go.Figure) -> str:
@@ -141,18 +205,25 @@ def _div(fig: go.Figure) -> str:
 
 def _study_html(s: Study) -> str:
     best = best_trial(s)
+    notes = "<br>".join(html.escape(n) for n in split_notes(s))
     meta = (f"<p class='meta'>model {html.escape(str(s.meta.get('model', '?')))} · task "
-            f"{html.escape(str(s.meta.get('task', '?')))} · protocol "
-            f"{html.escape(str(s.meta.get('protocol', '?')))}<br>target {s.goal.text()} · "
+            f"{html.escape(str(s.meta.get('task', '?')))} · objective: quality × {s.objective}"
+            f"<br>{notes}<br>target {s.goal.text()} · "
             f"trials: {counts(s)} · source <code>{html.escape(s.source)}</code></p>")
-    out = [meta, "<h3>Pareto configs (★ = best)</h3>", _table(headers(s), front_rows(s))]
+    out = [meta, "<h4>Pareto configs (★ = best.json)</h4>", _table(columns(s), front_rows(s))]
     if best is not None:
-        out.append(f"<p>best: {html.escape(best.plan or f'trial {best.number}')} — "
+        out.append(f"<p>best: {html.escape(best_note(s) or '')} — "
                    f"{html.escape(plan_summary(best.layers))}</p>")
+    if s.oneshot:
+        out += [f"<h4>{html.escape(gap.title(s))}</h4>",
+                f"<p class='meta'>{html.escape(gap.explain(s))}</p>",
+                _table(gap.columns(s), gap.rows(s)),
+                "<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in gap.summary(s))
+                + "</ul>"]
     if s.baselines:
-        out += ["<h3>Uniform reference points</h3>", _table(headers(s), baseline_rows(s))]
+        out += ["<h4>Uniform reference points</h4>", _table(columns(s), baseline_rows(s))]
     configs = chosen(s)
     if configs:
-        out.append("<h3>Bit allocation (colour = bits, number = group size)</h3>")
+        out.append("<h4>Bit allocation (colour = bits, number = group size)</h4>")
         out += [_div(bits(s, kind, t)) for kind, t in configs]
     return "".join(out)

@@ -7,7 +7,8 @@ opened without creating tables or files, so a report is safe alongside a live
 search.
 
 Study folder contract (`<out>/<study>/`): study.json, baselines.json,
-trials.jsonl, pareto.json, pareto-NN.json and best.json (autoq.plan/1 files).
+trials.jsonl, pareto.json, pareto-NN.json and best.json (autoq.plan/1 files), and
+oneshot.json (the one-shot plans; studies before them have none).
 """
 
 from __future__ import annotations
@@ -118,9 +119,18 @@ def read_folder(folder: Path) -> Study:
     if isinstance(pareto.get("best"), str) or (folder / contract.BEST_FILE).exists():
         best = _plan_trial(folder, pareto.get("best") or contract.BEST_FILE, None, None,
                            by_number)
+    oneshot = _json(folder / contract.ONESHOT_FILE, {})
     return Study(str(meta.get("study") or folder.name), meta,
                  baselines if isinstance(baselines, dict) else {}, trials, front, best,
-                 source=str(folder), folder=folder)
+                 source=str(folder), folder=folder, oneshot=_oneshot(oneshot))
+
+
+def _oneshot(obj: Any) -> dict[str, dict]:
+    """The one-shot plans that carry metrics (label -> entry)."""
+    if not isinstance(obj, dict):
+        return {}
+    return {str(k): v for k, v in obj.items()
+            if isinstance(v, dict) and isinstance(v.get("metrics"), dict)}
 
 
 # ---- Optuna storages ----------------------------------------------------------------------
@@ -160,6 +170,7 @@ def read_storage(url: str, only: str | None = None) -> list[Study]:
         attrs = study.user_attrs
         rescored = _mapping(contract.attr(attrs, contract.RESCORED))  # scored in full
         measured = _mapping(contract.attr(attrs, contract.FRONT_SPEED))  # re-measured speeds
+        reported = _mapping(contract.attr(attrs, contract.REPORT))  # report-split numbers
         trials = []
         for ft in study.get_trials(deepcopy=False):
             a = ft.user_attrs
@@ -168,13 +179,16 @@ def read_storage(url: str, only: str | None = None) -> list[Study]:
                                        _mapping(rescored.get(str(ft.number if dup is None
                                                                  else dup))) or None,
                                        _mapping(measured.get(str(ft.number))) or None)
+            if _mapping(reported.get(str(ft.number))):
+                metrics["report"] = _mapping(reported[str(ft.number)])
             t = _trial({"number": ft.number, "state": ft.state.name,
                         "origin": contract.origin(a), "layers": contract.attr(a, contract.LAYERS, {}),
                         "metrics": metrics, "duplicate_of": dup})
             if t is not None:
                 trials.append(t)
         out.append(Study(name, dict(contract.attr(attrs, contract.INFO)),
-                         _mapping(contract.attr(attrs, contract.BASELINES)), trials, source=url))
+                         _mapping(contract.attr(attrs, contract.BASELINES)), trials, source=url,
+                         oneshot=_oneshot(contract.attr(attrs, contract.ONESHOT))))
     return out
 
 

@@ -1,4 +1,10 @@
-"""Which configs a person looks at, and the rows of the tables: pure data."""
+"""Which configs a person looks at, and the rows of the tables: pure data.
+
+A row is a dict, column name -> cell text, in the order of `columns(study)`: the plan
+(its path as the user types it, ready for `autoq apply`), quality and KL on the search
+split and, where the study has one, on the report split side by side, size,
+bits/weight, speed ("(predicted)" when the latency model gave it) and speed-up.
+"""
 
 from __future__ import annotations
 
@@ -7,57 +13,74 @@ from collections import Counter
 from typing import Mapping
 
 from ..plan import FP
-from ..study import best as best_of
-from .data import AXES, SPEED_UNIT, Study, Trial, _speedup, fmt_metric, number, series
+from .data import (METRIC_SHORT, SPEED_UNIT, PER, Study, Trial, best_trial, fmt_metric,
+                   number, pareto_trials, same, source_of, speedup, split_metrics)
+
+PREDICTED = " (predicted)"
+
 
 # ---- which configs a person looks at -----------------------------------------------------
-def pareto_trials(study: Study) -> list[Trial]:
-    """The search's Pareto plans (pareto.json); without them, the quality × size front."""
-    if study.front is not None:
-        return study.front
-    return [p.trial for p in series(study, AXES[0]).front]
-
-
-def best_trial(study: Study) -> Trial | None:
-    """best.json; without it, as the search picks it: the smallest COMPLETE trial that
-    meets the target (ties: the earlier trial)."""
-    if study.best is not None:
-        return study.best
-    return best_of([(t, t.metrics) for t in study.complete()], study.goal,
-                   number_of=lambda t: t.number)
-
-
 def chosen(study: Study, limit: int | None = None) -> list[tuple[str, Trial]]:
     """(caption, trial) for the heatmaps: the best config, then the Pareto configs
     (at most `limit`, evenly spread along the front)."""
     best = best_trial(study)
-    others = [t for t in pareto_trials(study) if t.layers and not _same(t, best)]
+    others = [t for t in pareto_trials(study) if t.layers and not same(t, best)]
     if limit is not None and len(others) > limit:
         others = [others[round(i * (len(others) - 1) / max(limit - 1, 1))] for i in range(limit)]
     out = [("best", best)] if best is not None and best.layers else []
     return out + [("Pareto", t) for t in others]
 
 
-def _same(a: Trial, b: Trial | None) -> bool:
-    return b is not None and (a.number is not None and a.number == b.number
-                              or a.layers == b.layers)
-
-
 def caption(study: Study, kind: str, t: Trial) -> str:
-    q = study.quality(t.metrics)
     parts = [f"{kind}: {t.plan or f'trial {t.number}'}"]
     if t.plan and t.number is not None:
         parts.append(f"trial {t.number}")
-    if q is not None:
-        parts.append(fmt_metric(study.metric, q))
+    for metric in study.metrics_shown:
+        if (q := study.quality(t.metrics, metric=metric)) is not None:
+            parts.append(fmt_metric(metric, q))
     for key, unit in (("size_mib", "MiB"), ("bits_per_weight", "bits/weight")):
         if (v := number(t.metrics.get(key))) is not None:
             parts.append(f"{v:.1f} {unit}" if key == "size_mib" else f"{v:.2f} {unit}")
     return " · ".join(parts)
 
 
-# ---- tables --------------------------------------------------------------------------------
-COLUMNS = ("plan", "trial", "quality", "size MiB", "bits/weight", "speed", "speedup")
+# ---- columns --------------------------------------------------------------------------
+def has_report(study: Study) -> bool:
+    return study.report_protocol() is not None
+
+
+def quality_columns(study: Study) -> list[tuple[str, str, str]]:
+    """(column name, metric, split) of the quality columns the study's numbers fill."""
+    every = [t.metrics for t in pareto_trials(study)] + list(study.baselines.values())
+    splits = ("search", "report") if has_report(study) else ("search",)
+    out = []
+    for metric in study.metrics_shown:
+        for split in splits:
+            if any(number(split_metrics(m, split).get(metric)) is not None for m in every):
+                name = METRIC_SHORT.get(metric, metric)
+                out.append((f"{name} {split}" if len(splits) > 1 else name, metric, split))
+    return out
+
+
+def _latency(study: Study) -> bool:
+    return any("latency_ms" in t.metrics for t in pareto_trials(study))
+
+
+def columns(study: Study) -> list[str]:
+    return Layout(study).columns
+
+
+
+class Layout:
+    """A study's table columns, worked out once."""
+
+    def __init__(self, study: Study):
+        self.quality = quality_columns(study)
+        self.speed = SPEED_UNIT.get(study.speed_key, study.speed_key)
+        self.latency = f"ms/{PER.get(study.speed_key, 'unit')}" if _latency(study) else None
+        self.columns = ["plan", "trial", *(c for c, _, _ in self.quality), "size MiB",
+                        "bits/weight", self.speed, "speedup vs fp",
+                        *([self.latency] if self.latency else [])]
 
 
 def _short(v: float | None, big: float, fmt: str) -> str:
@@ -65,38 +88,75 @@ def _short(v: float | None, big: float, fmt: str) -> str:
     return "—" if v is None else format(v, fmt) if abs(v) >= big else f"{v:.3g}"
 
 
-def _row(study: Study, label: str, trial: str, m: Mapping, best: bool = False) -> dict:
-    speed, speedup = number(m.get(study.speed_key)), _speedup(m, study)
+def _speed_cell(text: str, m: Mapping, key: str) -> str:
+    return text + (PREDICTED if text != "—" and source_of(m, key) == "predicted" else "")
+
+
+def _row(study: Study, lay: Layout, label: str, trial: str, m: Mapping, best: bool = False,
+         plan_row: bool = False) -> dict:
     size, bits = number(m.get("size_mib")), number(m.get("bits_per_weight"))
-    return {"plan": label + (" ★" if best else ""), "trial": trial,
-            "quality": fmt_metric(study.metric, study.quality(m), with_name=False),
-            "size MiB": _short(size, 10, ".1f"),
-            "bits/weight": "—" if bits is None else f"{bits:.2f}",
-            "speed": _short(speed, 100, ".0f"),
-            "speedup": "—" if speedup is None else f"{speedup:.2f}×"}
+    speed, up = number(m.get(study.speed_key)), speedup(m, study)
+    row = {"plan": label + (" ★" if best else ""), "trial": trial}
+    for name, metric, split in lay.quality:
+        value = study.quality(m, split, metric)
+        cell = fmt_metric(metric, value, with_name=False)
+        if plan_row and split == "report" and metric == study.metric and value is not None:
+            meets = split_metrics(m, "report").get("meets_target")
+            if meets is False or (meets is None and not study.goal.reached(value)):
+                cell += " ✗"    # misses the target on the report split
+        row[name] = cell
+    row["size MiB"] = _short(size, 10, ".1f")
+    row["bits/weight"] = "—" if bits is None else f"{bits:.2f}"
+    row[lay.speed] = _speed_cell(_short(speed, 100, ".0f"), m, study.speed_key)
+    row["speedup vs fp"] = _speed_cell("—" if up is None else f"{up:.2f}×", m,
+                                       study.speed_key)
+    if lay.latency:
+        row[lay.latency] = _speed_cell(_short(number(m.get("latency_ms")), 100, ".0f"), m,
+                                       "latency_ms")
+    return {c: row.get(c, "—") for c in lay.columns}
 
 
 def front_rows(study: Study) -> list[dict]:
-    """The Pareto configs, smallest first; ★ marks the best config."""
-    best = best_trial(study)
+    """The Pareto configs, smallest (fastest) first; ★ marks the best config."""
+    best, lay = best_trial(study), Layout(study)
     rows = sorted(pareto_trials(study),
-                  key=lambda t: number(t.metrics.get("size_mib")) or math.inf)
-    return [_row(study, t.plan or "—", "" if t.number is None else str(t.number), t.metrics,
-                 _same(t, best)) for t in rows]
+                  key=lambda t: number(t.metrics.get(study.x_key)) or math.inf)
+    return [_row(study, lay, study.plan_path(t.plan) or "—",
+                 "" if t.number is None else str(t.number), t.metrics, same(t, best), True)
+            for t in rows]
 
 
 def baseline_rows(study: Study) -> list[dict]:
     """Uniform reference points and fp, smallest first."""
+    lay = Layout(study)
     items = sorted(study.baselines.items(),
                    key=lambda kv: number(kv[1].get("size_mib")) or math.inf)
-    return [_row(study, label if label != FP else "fp (unquantized)", "", m)
+    return [_row(study, lay, label if label != FP else "fp (unquantized)", "", m)
             for label, m in items]
 
 
-def headers(study: Study) -> list[str]:
-    unit = SPEED_UNIT.get(study.speed_key, study.speed_key)
-    names = {"quality": study.metric, "speed": unit, "speedup": "speedup vs fp"}
-    return [names.get(c, c) for c in COLUMNS]
+def split_notes(study: Study) -> list[str]:
+    """The protocol of each split, one line each, for above a table."""
+    out = [f"search split: {study.meta.get('protocol', '?')}"]
+    if (p := study.report_protocol()) is not None:
+        out.append(f"report split: {p} (the plans were chosen on the search split; ✗ = misses "
+                   "the target on the report split)")
+    return out
+
+
+def best_note(study: Study) -> str | None:
+    """best.json's path, and whether it still meets the target on the report split."""
+    best = best_trial(study)
+    if best is None:
+        return None
+    text = study.plan_path(best.plan) or f"trial {best.number}"
+    report = split_metrics(best.metrics, "report")
+    meets = report.get("meets_target")
+    if meets is None and (q := number(report.get(study.metric))) is not None:
+        meets = study.goal.reached(q)
+    if meets is not None:
+        text += f" ({'meets' if meets else 'misses'} the target on the report split)"
+    return text
 
 
 def counts(study: Study) -> str:
@@ -106,9 +166,9 @@ def counts(study: Study) -> str:
 
 
 def plan_files(study: Study) -> dict[int, str]:
-    """Trial number -> the plan file(s) the search wrote for it."""
+    """Trial number -> the plan file(s) the search wrote for it, as the user types them."""
     out: dict[int, list[str]] = {}
     for t in [*(study.front or []), *([study.best] if study.best else [])]:
         if t.number is not None and t.plan:
-            out.setdefault(t.number, []).append(t.plan)
+            out.setdefault(t.number, []).append(study.plan_path(t.plan))
     return {n: ", ".join(files) for n, files in out.items()}

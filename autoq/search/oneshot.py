@@ -35,7 +35,7 @@ BUDGETS = (4.0, 4.5, 5.0, 6.0)   # bits per searched weight (the default of --on
 CALIBRATION = 1                  # search-split units the single-layer KL is measured on ...
 TOKENS = 128                     # ... each cut to its first 128 tokens (LMs)
 SIGNALS = ("sensitivity", "single-layer-kl")
-ONESHOT_FILE = "oneshot.json"
+ONESHOT_FILE = contract.ONESHOT_FILE
 
 
 def _key(session: Session, refs: References) -> str:
