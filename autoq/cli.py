@@ -19,7 +19,7 @@ from .errors import UserError
 from .options import (BUDGET, DEFAULT_MODEL, MODEL_DATA, OUTPUT, QUANT, SPEED, STORAGE,
                       STRATEGY, TARGET, Backend, CacheDir, Checkpoint, Command, Data, Device,
                       Dtype, Json, Limit, Model, OneLineErrors, Quiet, SeqLen, Task, one_of,
-                      target_option)
+                      Minimize, Sampler, TrialSpeed, target_option)
 
 app = typer.Typer(cls=OneLineErrors, add_completion=False, no_args_is_help=True,
                   context_settings={"help_option_names": ["-h", "--help"]},
@@ -218,10 +218,7 @@ def search(model: str = Model(), task: Optional[str] = Task, data: Optional[str]
            max_size_mib: Optional[float] = typer.Option(
                None, "--max-size-mib", metavar="MIB", rich_help_panel=TARGET,
                help="Also require size <= MIB."),
-           minimize: str = typer.Option("size", "--minimize", metavar=one_of(args.OBJECTIVES),
-                                        rich_help_panel=TARGET,
-                                        help="Minimise under the target: size (MiB), or "
-                                        "latency (predicted time per token / image)."),
+           minimize: str = Minimize,
            trials: int = typer.Option(50, "--trials", metavar="N", rich_help_panel=BUDGET,
                                       help="Total finished trials in the study (re-running resumes)."),
            timeout: Optional[float] = typer.Option(
@@ -241,10 +238,7 @@ def search(model: str = Model(), task: Optional[str] = Task, data: Optional[str]
                None, "--space", metavar="FILE|NAME", rich_help_panel=STRATEGY,
                show_default="the model family's per-layer space",
                help="Search-space YAML or shipped name."),
-           sampler: str = typer.Option("sensitivity", "--sampler", metavar=one_of(args.SAMPLERS),
-                                       rich_help_panel=STRATEGY,
-                                       help="Trials after the prior: sensitivity (recalibrated "
-                                       "knapsack, perturbed sensitivities), nsga2 or random."),
+           sampler: str = Sampler,
            seed: int = typer.Option(0, "--seed", metavar="N", rich_help_panel=STRATEGY,
                                     help="Random seed of the samplers."),
            all_options: bool = typer.Option(False, "--all-options", metavar="",
@@ -266,11 +260,7 @@ def search(model: str = Model(), task: Optional[str] = Task, data: Optional[str]
                                                    rich_help_panel=STORAGE,
                                                    show_default="<out>/layer-cache",
                                                    help="On-disk layer cache."),
-           trial_speed: str = typer.Option("predicted", "--trial-speed",
-                                           metavar=one_of(args.TRIAL_SPEEDS),
-                                           rich_help_panel=SPEED,
-                                           help="Per-trial speed: predicted (latency model; "
-                                           "Pareto configs re-measured) or measured."),
+           trial_speed: str = TrialSpeed,
            old_speed: Optional[str] = typer.Option(None, "--speed", hidden=True,
                                                    help="Old name of --trial-speed."),
            measure_front: Optional[int] = typer.Option(

@@ -74,8 +74,8 @@ Task = typer.Option(None, "--task", "-t", metavar=one_of(args.task_names()),
                     help="What to score the model on.")
 Data = typer.Option(None, "--data", metavar="PATH", rich_help_panel=MODEL_DATA,
                     show_default="the hub",
-                    help="Local data: the wiki.test.raw file or the cifar-100-python folder "
-                    "(digits takes none).")
+                    help="Local data: a raw WikiText-2 file (for search, the search split: "
+                    "wiki.valid.raw) or the cifar-100-python folder (digits takes none).")
 SeqLen = typer.Option(None, "--seq-len", metavar="N", rich_help_panel=MODEL_DATA,
                       show_default="2048", help="Tokens per perplexity window (at least 2).")
 Limit = typer.Option(None, "--limit", metavar="N", rich_help_panel=MODEL_DATA,
@@ -95,6 +95,21 @@ Json = typer.Option(False, "--json", metavar="", rich_help_panel=OUTPUT,
                     help="Print one JSON object (no table, no progress).")
 Quiet = typer.Option(False, "--quiet", "-q", metavar="", rich_help_panel=OUTPUT,
                      help="No progress lines or bars (the libraries' too).")
+
+
+def choice_option(default: str, flag: str, choices, panel: str, help: str):
+    return typer.Option(default, flag, metavar=one_of(choices), rich_help_panel=panel, help=help)
+
+
+Minimize = choice_option("size", "--minimize", args.OBJECTIVES, TARGET,
+                         "Minimise under the target: size (MiB), or latency (predicted time per "
+                         "token / image).")
+Sampler = choice_option("sensitivity", "--sampler", args.SAMPLERS, STRATEGY,
+                        "Trials after the prior: sensitivity (recalibrated knapsack, perturbed "
+                        "sensitivities), nsga2 or random.")
+TrialSpeed = choice_option("predicted", "--trial-speed", args.TRIAL_SPEEDS, SPEED,
+                           "Per-trial speed: predicted (latency model; Pareto configs "
+                           "re-measured) or measured.")
 
 
 def target_option(flag: str, what: str):
