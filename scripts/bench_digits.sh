@@ -34,7 +34,7 @@ for config in fp 8:64 4:64 3:64 2:64 2:128 1:32 1:64; do
       >> "$OUT/evals.jsonl"
 done
 SEARCH=(search --model digits-vit --device cpu --space "$OUT/space.yaml" --out "$OUT"
-        --trials 24 --seed 0 -q)
+        --trials 24 --seed 0 --one-shot 2,2.25,2.5,3 -q)   # one-shot budgets where the trade-off is
 timed "${AUTOQ[@]}" "${SEARCH[@]}" --target-acc 0.95 --study acc0.95
 timed "${AUTOQ[@]}" "${SEARCH[@]}" --target-acc 0.97 --study acc0.97
 timed "${AUTOQ[@]}" report "$OUT" --out "$OUT/report" --format png,md -q  # html: 5 MB, not committed
