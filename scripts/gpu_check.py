@@ -709,6 +709,8 @@ def child(part: str, ctx: argparse.Namespace, share: float, deadline: float) -> 
         timer.start()
         if hang:
             time.sleep(3600)
+        if ctx.simulate_slow == part:  # tests: a part still running at its deadline
+            time.sleep(30)
         PART_FUNCS[part](state, ctx)
         finished = True
         timer.cancel()
@@ -1100,6 +1102,7 @@ def main(argv=None) -> int:
                     help="gemlite autotuning during the search (default: 'default', one "
                          "config per kernel; its cost is probed and added to the estimate)")
     ap.add_argument("--simulate-hang", default=None, choices=PARTS, help=argparse.SUPPRESS)
+    ap.add_argument("--simulate-slow", default=None, choices=PARTS, help=argparse.SUPPRESS)
     ctx = ap.parse_args(argv)
     ctx.parts = [p for p in ctx.parts.split(",") if p]
     if any(p not in PARTS for p in ctx.parts):

@@ -48,9 +48,11 @@ def run_check(out: Path, *args: str, timeout: float = 600) -> tuple[dict, float]
 def test_tiny_check_measures_every_part_and_stops_one_over_its_budget(
         tiny_llama_dir, tiny_text_file, tmp_path):
     out = tmp_path / "out"
-    # vit gets 0.05 s: it is interrupted at once and must say so; the others run in full
+    # vit gets 0.05 s and is still running then (made slow, so that a loaded machine cannot
+    # let it finish first): it is interrupted and must say so; the others run in full
     s, wall = run_check(out, "--tiny", "--tokenizer", str(tiny_llama_dir), "--data",
-                        str(tiny_text_file), "--share", "vit=0.05", "--work", str(tmp_path / "w"))
+                        str(tiny_text_file), "--share", "vit=0.05", "--work", str(tmp_path / "w"),
+                        "--simulate-slow", "vit")
     parts = s["budget"]["parts"]
     assert parts["lm"]["status"] == "done" and parts["search"]["status"] == "done"
     assert parts["vit"]["status"] == "over budget"

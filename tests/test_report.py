@@ -425,14 +425,14 @@ def test_baselines_evaluates_missing_uniform_points(tmp_path, tiny_vit_checkpoin
     (folder / "baselines.json").write_text(json.dumps({"fp": {"accuracy": 0.5, "size_mib": 1.0}}))
     optuna.create_study(study_name="vit-study", storage=url)
     out = tmp_path / "o"
-    r = runner.invoke(app, ["report", str(folder), "--baselines", "--out", str(out), "-q",
+    r = runner.invoke(app, ["report", str(folder), "--baselines", "--out", str(out),
                             "--format", "md"])
     assert r.exit_code == 0, r.output
     stored = json.loads((folder / "baselines.json").read_text())
-    # in_features are 64 and 256: groups of 128 fit fc2 (256 in) only, which alone is
-    # quantized for 4:128 and 3:128 (the other layers skipped, named in the plan)
-    assert set(stored) == {"fp", "8:64", "4:64", "4:128", "3:64", "3:128", "2:32", "2:64"}
-    assert stored["4:128"]["quantized_layers"] == 2    # the two blocks' fc2
+    # in_features are 64 and 256: groups of 128 fit fc2 (256 in) only, so 4:128 and 3:128
+    # would leave most weights fp: no uniform reference point, skipped and said so
+    assert set(stored) == {"fp", "8:64", "4:64", "3:64", "2:32", "2:64"}
+    assert "baseline 4:128: skipped, 6 of 8 layers" in r.output
     assert stored["fp"] == {"accuracy": 0.5, "size_mib": 1.0}  # kept, not re-run
     assert stored["2:32"]["size_mib"] < stored["8:64"]["size_mib"]
     assert stored["4:64"]["protocol"] == meta["protocol"]
