@@ -7,7 +7,9 @@ defaults: fp32 scales and zeros); a planned embedding table quantized the same w
 looked up from its dequantized rows (what a packed lookup returns), and a tied head with
 the same config given that very HQQLinear (each HQQLinear's torch forward, x @
 dequantize().T + bias, with the dequantized weight computed once: HQQ dequantizing on
-every call would take half an hour per plan for 240 windows on a CPU); the text tokenized once; the first LIMIT
+every call would take half an hour per plan for 240 windows on a CPU); the text tokenized
+once; splits of one file share their windows (a split of the first 40 reuses the first 40
+of a split of 160); the first LIMIT
 non-overlapping windows of SEQ tokens; ppl = exp(mean of the windows' HF losses). Size:
 the HQQ layers' packed weight plus a 16-bit scale and zero per group, every other tensor
 at 16 bits, each matrix once (tied ones too).
@@ -75,13 +77,14 @@ def apply(model, layers: dict) -> tuple[float, float]:
     return (bits / weights if weights else 16.0), (bits / 8 + others) / 2**20
 
 
-def ppl_on(model, ids: torch.Tensor, seq: int, limit: int) -> float:
+def window_nll(model, ids: torch.Tensor, seq: int, limit: int) -> list[float]:
+    """The HF loss (mean NLL) of each of the first `limit` windows."""
     nll = []
     with torch.inference_mode():
         for i in range(limit):
             w = ids[i * seq:(i + 1) * seq][None]
             nll.append(model(w, labels=w).loss.item())
-    return math.exp(sum(nll) / len(nll))
+    return nll
 
 
 def main() -> None:
@@ -111,14 +114,18 @@ def main() -> None:
         row = {"plan": plan_path, "bits_per_weight_independent": bits,
                "bits_per_weight_autoq": m.get("bits_per_weight"),
                "size_mib_independent": size, "size_mib_autoq": m.get("size_mib")}
-        for name, (path, limit, ids) in splits.items():
-            ppl = ppl_on(model, ids, a.seq_len, limit)
+        scored: dict[str, list[float]] = {}   # file -> window NLLs: splits of one file share
+        for name, (path, limit, ids) in sorted(splits.items(), key=lambda kv: -kv[1][1]):
+            if len(scored.get(path, ())) < limit:
+                scored[path] = window_nll(model, ids, a.seq_len, limit)
+            ppl = math.exp(sum(scored[path][:limit]) / limit)
             theirs = m.get("ppl") if name == "search" else \
                 (m.get("report") or {}).get("ppl") if name == "report" else None
             row[name] = {"data": Path(path).name, "windows": limit, "ppl_independent": ppl,
                          "ppl_autoq": theirs,
                          "rel_diff": abs(ppl - theirs) / theirs if theirs else None}
         row["seconds"] = time.time() - t0
+        row = {k: row[k] for k in ["plan", *(k for k in row if k != "plan")]}
         rows.append(row)
         print(json.dumps(row))
     Path(a.out).write_text(json.dumps({
