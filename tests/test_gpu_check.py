@@ -52,7 +52,7 @@ def test_tiny_check_measures_every_part_and_stops_one_over_its_budget(
     # let it finish first): it is interrupted and must say so; the others run in full
     s, wall = run_check(out, "--tiny", "--tokenizer", str(tiny_llama_dir), "--data",
                         str(tiny_text_file), "--share", "vit=0.05", "--work", str(tmp_path / "w"),
-                        "--simulate-slow", "vit")
+                        "--simulate-slow", "vit", "--grace", "60")   # a loaded machine stops slowly
     parts = s["budget"]["parts"]
     assert parts["lm"]["status"] == "done" and parts["search"]["status"] == "done"
     assert parts["vit"]["status"] == "over budget"
