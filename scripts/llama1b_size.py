@@ -1,7 +1,8 @@
 """The size of a whole-model plan on the Llama-3.2-1B-Instruct architecture (its public
 config values; random weights, which are valid for size): uniform NBITS:GROUP on every
 linear layer and the tied embedding/lm_head table (one tensor), quantized by autoq's own
-path (HQQ, on CPU), measured at 16-bit storage for unquantized tensors.
+path (HQQ, on CPU), measured at 16-bit storage for unquantized tensors. HQQ's optimizer
+is off unless --optimize: the packed bytes, scales and zeros have the same shapes either way.
 
     python scripts/llama1b_size.py --uniform 4:64 --out results/benchmarks/llama1b-whole-model-size.json
 """
@@ -33,7 +34,19 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--uniform", default="4:64")
     ap.add_argument("--out", required=True)
+    ap.add_argument("--optimize", action="store_true",
+                    help="run HQQ's half-quadratic optimizer (slow on a CPU: ~10 min here); "
+                    "the bytes do not depend on it, only the values (random weights anyway)")
     a = ap.parse_args()
+    if not a.optimize:
+        import hqq.core.quantize as hq
+        base = hq.BaseQuantizeConfig
+
+        def no_optimizer(*args, **kwargs):
+            cfg = base(*args, **kwargs)
+            cfg["weight_quant_params"]["optimize"] = False
+            return cfg
+        hq.BaseQuantizeConfig = no_optimizer
     check = gpu_check()
     t0 = time.time()
     cpu = torch.device("cpu")
@@ -45,7 +58,9 @@ def main() -> None:
     resolved = plan.resolve(loaded.shapes(), routers)
     quantize_(loaded.model, resolved, device=cpu, dtype=torch.float32)
     size = measure(loaded.model)
-    result = {"command": f"python scripts/llama1b_size.py --uniform {a.uniform} --out {a.out}",
+    result = {"command": f"python scripts/llama1b_size.py --uniform {a.uniform} --out {a.out}"
+                         + (" --optimize" if a.optimize else ""),
+              "hqq_optimizer": a.optimize,
               "architecture": check.LLAMA_3_2_1B, "plan": f"uniform {a.uniform} on every linear "
               "layer and the tied embedding/lm_head (one tensor)",
               "quantized_layers": sum(c is not None for c in resolved.values()),
