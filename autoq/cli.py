@@ -328,7 +328,9 @@ def best_note(result, settings) -> str:
     rep = m.get("report")
     if rep and metric in rep:
         verdict = "meets" if rep.get("meets_target") else "misses"
-        note += f"; report split: {metric} {rep[metric]:.4g}, {verdict} the target"
+        there = f" there ({rep['target']:.4g}: the same loss against fp)" \
+            if isinstance(rep.get("target"), float) and rep["target"] != settings.target else ""
+        note += f"; report split: {metric} {rep[metric]:.4g}, {verdict} the target{there}"
     return note
 
 

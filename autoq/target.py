@@ -60,6 +60,19 @@ class Target:
             return math.log(value / fp)
         return fp - value if self.higher_is_better else value - fp
 
+    def carried(self, fp_from: float | None, fp_to: float | None) -> "Target":
+        """This target moved to another split: the value with the same `loss` against the
+        fp model there (ppl: scaled by fp's ratio; accuracy: shifted by fp's difference; KL,
+        a divergence from fp on the same windows: unchanged). Itself when either fp value
+        is unknown. The report split is scored against this, not the typed number: the
+        test split of WikiText-2 is ~30% harder than validation for every model, fp too."""
+        if self.value is None or self.metric == "kld" or not _finite(fp_from) \
+                or not _finite(fp_to) or (self.metric == "ppl" and fp_from <= 0):
+            return self
+        value = self.value * fp_to / fp_from if self.metric == "ppl" \
+            else self.value + (fp_to - fp_from)
+        return Target(self.metric, value, self.higher_is_better, self.max_size_mib)
+
     def decide(self, interval: tuple[float, float]) -> str | None:
         """'feasible' when the whole (low, high) interval reaches the target,
         'infeasible' when none of it does, else None (score on)."""
@@ -79,3 +92,7 @@ class Target:
         value = f"{self.value:.1%}" if self.metric == "accuracy" else \
             f"{self.value:.4g}" if self.metric == "kld" else f"{self.value:.2f}"
         return f"{self.metric} {'≥' if self.higher_is_better else '≤'} {value}"
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)

@@ -38,15 +38,10 @@ def main() -> None:
                     help="run HQQ's half-quadratic optimizer (slow on a CPU: ~10 min here); "
                     "the bytes do not depend on it, only the values (random weights anyway)")
     a = ap.parse_args()
-    if not a.optimize:
-        import hqq.core.quantize as hq
-        base = hq.BaseQuantizeConfig
-
-        def no_optimizer(*args, **kwargs):
-            cfg = base(*args, **kwargs)
-            cfg["weight_quant_params"]["optimize"] = False
-            return cfg
-        hq.BaseQuantizeConfig = no_optimizer
+    if not a.optimize:   # the same packing without HQQ's solver (autoq.quant.hqq_config)
+        import autoq.quant
+        packing = autoq.quant.hqq_config
+        autoq.quant.hqq_config = lambda cfg, optimize=True: packing(cfg, optimize=False)
     check = gpu_check()
     t0 = time.time()
     cpu = torch.device("cpu")

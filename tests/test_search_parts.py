@@ -62,6 +62,16 @@ def test_target_loss_is_in_the_sensitivity_units():
 
 
 # ---- the study contract ----------------------------------------------------------------
+def test_a_target_carried_to_another_split_keeps_its_loss_against_fp():
+    there = PPL.carried(20.0, 25.0)          # +50% over fp 20 on search: +50% over 25
+    assert there.value == pytest.approx(37.5) and there.loss(37.5, 25.0) == \
+        pytest.approx(PPL.loss(30.0, 20.0))
+    assert ACC.carried(0.95, 0.93).value == pytest.approx(0.88)   # a 5-point drop either way
+    assert ACC.carried(0.95, 0.93).max_size_mib == 100.0
+    kld = Target("kld", 0.05)
+    assert kld.carried(0.0, 0.0) is kld and PPL.carried(None, 25.0) is PPL
+
+
 def test_front_and_best_are_the_same_rule_for_everyone():
     items = [("a", {"size_mib": 10, "ppl": 40}), ("b", {"size_mib": 12, "ppl": 31}),
              ("c", {"size_mib": 12, "ppl": 35}), ("d", {"size_mib": 20, "ppl": 29}),

@@ -75,6 +75,26 @@ def test_plans_are_chosen_on_the_search_split_and_reported_on_the_other(tmp_path
     assert baselines["4:32"]["report"]["ppl"] > 0
 
 
+def test_a_resume_on_another_report_protocol_scores_the_report_split_again(tmp_path,
+                                                                          tiny_llama_dir, splits):
+    args = ("--target-ppl", "1e6", "--trials", "3", "--prior-trials", "2", "--one-shot", "5")
+    folder = search(tmp_path, tiny_llama_dir, splits, *args)
+    first = json.loads((folder / "pareto.json").read_text())["front"]
+    folder = search(tmp_path, tiny_llama_dir, splits, *args, "--report-limit", "10")
+    front = json.loads((folder / "pareto.json").read_text())["front"]
+    assert [e["number"] for e in front] == [e["number"] for e in first]   # no new trials
+    baselines = json.loads((folder / "baselines.json").read_text())
+    shots = json.loads((folder / oneshot.ONESHOT_FILE).read_text())
+    reports = [*(e["metrics"]["report"] for e in front), baselines["fp"]["report"],
+               *(e["report"] for e in shots.values())]
+    assert all("10 windows" in r["protocol"] for r in reports)
+    fp = baselines["fp"]
+    for e in front:   # the target carried to the report split: the same loss against fp
+        r = e["metrics"]["report"]
+        assert r["target"] == pytest.approx(1e6 * fp["report"]["ppl"] / fp["ppl"])
+        assert r["meets_target"] is (r["ppl"] <= r["target"])
+
+
 def test_a_kld_target_stops_trials_early_on_kl_units(tmp_path, tiny_llama_dir, splits):
     valid, _ = splits
     fp = json.loads(runner.invoke(app, ["eval", "--model", f"hf:{tiny_llama_dir}", "--data",
@@ -140,7 +160,8 @@ def test_the_best_note_says_whether_the_report_split_meets_the_target(tmp_path, 
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
     rep = out["best"]["metrics"]["report"]
-    assert out["best_note"].endswith(f"report split: ppl {rep['ppl']:.4g}, meets the target")
+    assert out["best_note"].endswith(f"report split: ppl {rep['ppl']:.4g}, meets the target "
+                                     f"there ({rep['target']:.4g}: the same loss against fp)")
     assert "(search split)" in out["best_note"]
 
 

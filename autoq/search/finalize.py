@@ -20,9 +20,9 @@ from optuna.trial import TrialState
 from .. import study as contract
 from ..errors import UserError
 from ..io import write_atomic, write_json
-from ..plan import LayerConfig
+from ..plan import FP, LayerConfig
 from . import storage as store
-from .references import References, as_units, report_entry
+from .references import References, as_units, report_entry, scored_on
 from .session import Session
 from .trial import FINISHED, metrics_of
 
@@ -152,7 +152,8 @@ def front(session: Session) -> list:
 
 def reported(session: Session, refs: References, trials: list) -> dict[str, dict]:
     """The report split's metrics of `trials` (trial number -> entry), scored in full once
-    and kept with the study; the baselines are reported too. {} (said) when the report
+    per report protocol (a resume with another --report-limit scores them again) and kept
+    with the study; the baselines are reported too. {} (said) when the report
     split cannot be loaded (e.g. offline without --report-data)."""
     try:
         refs.use_reference("report")
@@ -164,15 +165,24 @@ def reported(session: Session, refs: References, trials: list) -> dict[str, dict
 
 
 def report_trials(session: Session, trials: list) -> dict[str, dict]:
-    study = session.study
+    study, protocol = session.study, session.ev.split("report").protocol
     for t in trials:
-        if str(t.number) in contract.attr(study.user_attrs, contract.REPORT, {}):
-            continue  # another worker (or an earlier run) did it
+        known = contract.attr(study.user_attrs, contract.REPORT, {})
+        if scored_on(known.get(str(t.number)), protocol):
+            continue  # another worker (or an earlier run on this protocol) did it
         session.say(f"scoring Pareto trial {t.number} on the report split")
         entry = report_entry(session.ev.run(trial_layers(t), speed=False, split="report"))
         known = dict(contract.attr(study.user_attrs, contract.REPORT, {}))
         study.set_user_attr(contract.REPORT, {**known, str(t.number): entry})
     return dict(contract.attr(study.user_attrs, contract.REPORT, {}))
+
+
+def report_target(session: Session, baselines: dict):
+    """The target on the report split: the same quality loss against the fp model as on
+    the search split (`Target.carried`)."""
+    fp = baselines.get(FP, {})
+    metric = session.target.metric
+    return session.target.carried(fp.get(metric), (fp.get("report") or {}).get(metric))
 
 
 def finalize(session: Session, runner) -> Outcome:
@@ -189,10 +199,13 @@ def finalize(session: Session, runner) -> Outcome:
                else metrics_of(session.study, t) for i, t in enumerate(trials)]
     report = reported(session, runner.refs, trials)
     oneshot.measure(session, runner.refs, runner.prior, runner)
+    there = report_target(session, runner.refs.stored())
     for t, m in zip(trials, metrics):
         if str(t.number) in report:
             entry = report[str(t.number)]
-            m["report"] = {**entry, "meets_target": session.target.meets({**m, **entry})}
+            m["report"] = {**entry, "meets_target": there.meets({**m, **entry})}
+            if there.value is not None:
+                m["report"]["target"] = there.value
     with store.file_lock(session.dir / contract.LOCK_FILE):
         return write_front(session, trials, metrics, best)
 

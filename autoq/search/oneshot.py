@@ -28,7 +28,7 @@ from ..io import write_json
 from ..plan import FP, label_of
 from . import knapsack
 from .prior import Prior
-from .references import References, report_entry
+from .references import References, report_entry, scored_on
 from .session import Session
 
 BUDGETS = (4.0, 4.5, 5.0, 6.0)   # bits per searched weight (the default of --one-shot)
@@ -103,7 +103,8 @@ def measure(session: Session, refs: References, prior: Prior, trial) -> dict[str
                     "metrics": metrics}
         elif "latency_ms" not in have["metrics"]:   # cached before latency_ms was recorded
             have["metrics"]["latency_ms"] = 1e3 * trial.predict(session.resolved(entry["params"]))
-        if report is not None and report.reference is not None and "report" not in have:
+        if report is not None and report.reference is not None \
+                and not scored_on(have.get("report"), report.protocol):
             session.say(f"one-shot plan {label}: report split")
             have["report"] = report_entry(session.ev.run(session.resolved(entry["params"]),
                                                          speed=False, split="report"))

@@ -6,7 +6,8 @@ model, data, protocol, device and backend):
   evaluation then measures the KL from the fp model beside the task's own metric;
 - baselines: the fp model and the space's uniform configs (`baselines-<key>.json`,
   also stored with each study: baselines.json and the `autoq:baselines` attribute),
-  each with its report-split metrics under "report" once a search reported;
+  each with its report-split metrics under "report" once a search reported (scored
+  again when a later search reports on another protocol, e.g. a larger --report-limit);
 - reference units: their per-unit values, per metric (`units-<key>.json`), plus every
   trial of the study scored in full. Early stopping estimates a partly scored trial
   from the reference it agrees with best (`autoq.estimate`).
@@ -135,8 +136,9 @@ class References:
     def report(self) -> dict:
         """The baselines on the report split too (their metrics under "report")."""
         have = self.baselines()
+        protocol = self.session.ev.split("report").protocol
         for label in self.labels():
-            if label not in have or "report" in have[label]:
+            if label not in have or scored_on(have[label].get("report"), protocol):
                 continue
             metrics = measure(self.session.ev, label, self.session.say, "report")
             if metrics is not None:
@@ -171,6 +173,12 @@ class References:
             if len(units) == total:
                 refs[f"trial {number}"] = units
         return refs
+
+
+def scored_on(entry: dict | None, protocol: str) -> bool:
+    """A stored report-split entry that was scored on `protocol` (the report split's
+    protocol now): kept; any other (another file or --report-limit) is scored again."""
+    return isinstance(entry, dict) and entry.get("protocol") == protocol
 
 
 def report_entry(metrics: dict) -> dict:
