@@ -172,3 +172,15 @@ def test_at_budget_is_the_least_loss_config_that_fits():
     assert cfg == {"a": "4", "b": "8"}             # the sensitive one gets the bits
     assert knapsack.at_budget(costs, bits, 399.0) is None
     assert knapsack.at_budget(costs, bits, 1600.0) == {"a": "8", "b": "8"}
+
+
+def test_at_budget_spends_the_budget_between_the_hull_points():
+    # one big choice ("t", a tied table) and two small ones: the hull goes from (t 4, a 8,
+    # b 4) at 1100 bits straight to t at 8 (1900), so at 1200 the hull alone leaves 100
+    costs = {"t": {"4": 1.0, "8": 0.0}, "a": {"4": 0.5, "8": 0.1}, "b": {"4": 0.2, "8": 0.1}}
+    bits = {"t": {"4": 800.0, "8": 1600.0}, "a": {"4": 100.0, "8": 200.0},
+            "b": {"4": 100.0, "8": 200.0}}
+    sizes = sorted(knapsack.totals(c, costs, bits)[1] for c in knapsack.hull(costs, bits))
+    assert 1200.0 not in sizes and 1100.0 in sizes
+    assert knapsack.at_budget(costs, bits, 1200.0) == {"t": "4", "a": "8", "b": "8"}
+    assert knapsack.at_budget(costs, bits, 1199.0) == {"t": "4", "a": "8", "b": "4"}

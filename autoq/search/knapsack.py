@@ -84,10 +84,30 @@ def under_cap(costs, res, bits, max_bits: float | None, growth: float = 4.0) -> 
 
 
 def at_budget(costs, bits, budget: float) -> Config | None:
-    """The config of the least predicted loss whose size is at most `budget`, along the
-    size hull (None when even the smallest config is larger)."""
+    """The config of the least predicted loss whose size is at most `budget`: the best
+    hull config that fits, then `fill`ed up to the budget (the hull's points can lie far
+    apart: one choice, such as a tied embedding table, may be a fifth of the model).
+    None when even the smallest config is larger."""
     fits = [c for c in hull(costs, bits) if totals(c, costs, bits)[1] <= budget]
-    return min(fits, key=lambda c: totals(c, costs, bits)) if fits else None
+    if not fits:
+        return None
+    return fill(min(fits, key=lambda c: totals(c, costs, bits)), costs, bits, budget)
+
+
+def fill(config: Config, costs, bits, budget: float) -> Config:
+    """Spend what `budget` leaves: one choice at a time, the upgrade that lowers the
+    predicted loss most per added bit and still fits, until none does."""
+    cfg, used = dict(config), totals(config, costs, bits)[1]
+    while True:
+        moves = [((costs[p][cfg[p]] - costs[p][o]) / (bits[p][o] - bits[p][cfg[p]]), p, o)
+                 for p in cfg for o in costs[p]
+                 if costs[p][o] < costs[p][cfg[p]] and bits[p][o] > bits[p][cfg[p]]
+                 and used + bits[p][o] - bits[p][cfg[p]] <= budget]
+        if not moves:
+            return cfg
+        _, p, o = max(moves)
+        used += bits[p][o] - bits[p][cfg[p]]
+        cfg[p] = o
 
 
 def spread(configs: Sequence[Config], costs, res, n: int) -> list[Config]:

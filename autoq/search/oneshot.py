@@ -35,12 +35,13 @@ BUDGETS = (4.0, 4.5, 5.0, 6.0)   # bits per searched weight (the default of --on
 CALIBRATION = 1                  # search-split units the single-layer KL is measured on ...
 TOKENS = 128                     # ... each cut to its first 128 tokens (LMs)
 SIGNALS = ("sensitivity", "single-layer-kl")
+PLANS = "filled"   # how the plans are made (knapsack.at_budget fills the budget since then)
 ONESHOT_FILE = contract.ONESHOT_FILE
 
 
-def _key(session: Session, refs: References) -> str:
+def _key(session: Session, refs: References, *more: str) -> str:
     choices = [[c.param, list(c.layers), list(c.labels)] for c in session.choices]
-    ident = [refs.key(), choices, CALIBRATION, TOKENS]   # plans are keyed by budget
+    ident = [refs.key(), choices, CALIBRATION, TOKENS, *more]   # plans are keyed by budget
     return hashlib.sha256(json.dumps(ident).encode()).hexdigest()[:16]
 
 
@@ -85,7 +86,7 @@ def plans(session: Session, refs: References, prior: Prior) -> dict[str, dict]:
 def measure(session: Session, refs: References, prior: Prior, trial) -> dict[str, dict]:
     """The one-shot plans, each evaluated like a trial on the search split (in full) and
     on the report split when the search has one; shared per protocol and space."""
-    path = session.out / "baselines" / f"oneshot-{_key(session, refs)}.json"
+    path = session.out / "baselines" / f"oneshot-{_key(session, refs, PLANS)}.json"
     done = json.loads(path.read_text()) if path.exists() else {}
     if not session.s.one_shot:
         session.say("one-shot plans: none (--one-shot none)")
