@@ -699,8 +699,10 @@ def child(part: str, ctx: argparse.Namespace, share: float, deadline: float) -> 
     code = 0
     state = PartState(part, ctx.work / f"{part}.json", share, deadline)
     hang = ctx.simulate_hang == part
-    if hang:  # tests: a part that ignores the interrupt, as one stuck in a kernel would
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # the interrupt must raise here even when this process was started with SIGINT
+    # ignored (a background job of a non-interactive shell: nohup ... &, a job runner)
+    signal.signal(signal.SIGINT, signal.SIG_IGN if hang else signal.default_int_handler)
+    # (hang, for the tests: a part that ignores the interrupt, as one stuck in a kernel would)
     timer = threading.Timer(max(0.0, deadline - time.time()),
                             lambda: os.kill(os.getpid(), signal.SIGINT))
     timer.daemon = True
