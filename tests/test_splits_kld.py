@@ -132,6 +132,7 @@ def test_one_shot_plans_fit_their_budgets_and_use_each_signal(tmp_path, tiny_lla
     assert r.exit_code == 0, r.output
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "| ppl search | ppl report | KL search | KL report |" in md
+    assert "the same loss against fp" in md    # the target the report split was judged by
     assert "One-shot plans against the searched front, at equal size" in md
     assert all(f"| {label} |" in md for label in shots)
 

@@ -140,8 +140,19 @@ def split_notes(study: Study) -> list[str]:
     out = [f"search split: {study.meta.get('protocol', '?')}"]
     if (p := study.report_protocol()) is not None:
         out.append(f"report split: {p} (the plans were chosen on the search split; ✗ = misses "
-                   "the target on the report split)")
+                   "the target on the report split" + _carried(study) + ")")
     return out
+
+
+def _carried(study: Study) -> str:
+    """The target as the report split was judged against (the same loss against fp)."""
+    plans = study.front if study.front is not None else study.trials
+    there = next((v for t in plans if isinstance(v := split_metrics(t.metrics, "report")
+                                                 .get("target"), (int, float))), None)
+    if there is None or there == study.goal.value:
+        return ""
+    return f", there {study.metric} {'≥' if study.goal.higher_is_better else '≤'} " \
+        f"{there:.4g}: the same loss against fp"
 
 
 def best_note(study: Study) -> str | None:
