@@ -129,6 +129,20 @@ def test_max_choice_bits_leaves_the_unsearched_part_out():
     assert prior.max_choice_bits(choices, shapes, None, 1.0, 32.0) is None
 
 
+def test_a_tied_pair_is_one_choice_whose_matrix_counts_once():
+    shapes = {"embed": (64, 100), "head": (64, 100), "a": (64, 32)}
+    tied = Choice("embed", ("embed", "head"), (None, LayerConfig(4, 64)), tied=("head",))
+    assert tied.stored == ("embed",)
+    sens = {"layers": {n: {"fp": 0.0, "4:64": 1.0} for n in shapes}}
+    costs, bits = prior.costs_and_bits([tied], shapes, sens, 16.0)
+    assert bits["embed"]["4:64"] == pytest.approx(64 * 100 * 4.5)   # one matrix
+    assert costs["embed"]["4:64"] == pytest.approx(2.0)   # its error reaches both uses
+    fp_mib = (64 * 100 + 64 * 32) * 2 / 2**20   # the tied matrix stored once, 16-bit
+    # a cap of the whole fp size leaves the searched matrix its fp bits ("a" is fixed)
+    assert prior.max_choice_bits([tied], shapes, fp_mib, fp_mib, 16.0) == \
+        pytest.approx(64 * 100 * 16)
+
+
 def test_budget_only_when_fp_reaches_the_target():
     assert prior.budget(PPL, 28.0) == pytest.approx(math.log(30 / 28))
     assert prior.budget(PPL, 31.0) is None and prior.budget(PPL, None) is None

@@ -35,8 +35,8 @@ def splits(tmp_path_factory) -> tuple[Path, Path]:
     return write_text(root / "valid.raw", seed=1), write_text(root / "test.raw", seed=2)
 
 
-def search(tmp_path, model_dir, splits, *args) -> Path:
-    (tmp_path / "space.yaml").write_text(SPACE)
+def search(tmp_path, model_dir, splits, *args, space: str = SPACE) -> Path:
+    (tmp_path / "space.yaml").write_text(space)
     valid, test = splits
     r = runner.invoke(app, ["search", "--model", f"hf:{model_dir}", "--data", str(valid),
                             "--report-data", str(test), "--seq-len", "32", "--limit", "20",
@@ -135,6 +135,22 @@ def test_one_shot_plans_fit_their_budgets_and_use_each_signal(tmp_path, tiny_lla
     assert "the same loss against fp" in md    # the target the report split was judged by
     assert "One-shot plans against the searched front, at equal size" in md
     assert all(f"| {label} |" in md for label in shots)
+
+
+def test_one_shot_budgets_count_a_tied_table_once(tmp_path, tiny_llama_dir, splits):
+    # the tied embedding/head is one choice of two layers but one matrix: a budget in bits
+    # per weight holds for the plan as measured (each matrix once)
+    space = SPACE.replace("groups:\n", "groups:\n  - {name: embed-head, roles: [embedding, "
+                          "head], per_layer: true}\n")
+    folder = search(tmp_path, tiny_llama_dir, splits, "--target-ppl", "1e6", "--trials", "2",
+                    "--prior-trials", "1", "--one-shot", "3,5", space=space)
+    shots = json.loads((folder / oneshot.ONESHOT_FILE).read_text())
+    assert {e["budget_bits"] for e in shots.values()} == {3.0, 5.0}
+    for e in shots.values():
+        assert e["layers"]["model.embed_tokens"] == e["layers"]["lm_head"]   # kept tied
+        assert e["metrics"]["bits_per_weight"] <= e["budget_bits"] + 1e-9
+    # filled: a budget is spent up to what one more upgrade would exceed
+    assert max(e["metrics"]["bits_per_weight"] for e in shots.values()) > 4.0
 
 
 def test_one_shot_budgets_are_the_users_and_none_skips_them(tmp_path, tiny_llama_dir, splits):

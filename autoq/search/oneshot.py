@@ -35,7 +35,8 @@ BUDGETS = (4.0, 4.5, 5.0, 6.0)   # bits per searched weight (the default of --on
 CALIBRATION = 1                  # search-split units the single-layer KL is measured on ...
 TOKENS = 128                     # ... each cut to its first 128 tokens (LMs)
 SIGNALS = ("sensitivity", "single-layer-kl")
-PLANS = "filled"   # how the plans are made (knapsack.at_budget fills the budget since then)
+PLANS = "filled, tied once"   # how the plans are made: knapsack.at_budget fills the budget,
+#                              and a tied matrix's bits are counted once (Choice.stored)
 ONESHOT_FILE = contract.ONESHOT_FILE
 
 
@@ -71,7 +72,7 @@ def single_layer_kl(session: Session, refs: References) -> dict[str, dict[str, f
 
 def plans(session: Session, refs: References, prior: Prior) -> dict[str, dict]:
     """label ("sensitivity@4.5") -> {signal, budget_bits, params} for every budget that fits."""
-    weights = sum(session.ev.loaded.units()[n].weights for c in session.choices for n in c.layers)
+    weights = sum(session.ev.loaded.units()[n].weights for c in session.choices for n in c.stored)
     tables = {"sensitivity": prior.costs, "single-layer-kl": single_layer_kl(session, refs)}
     out = {}
     for signal in SIGNALS:

@@ -42,13 +42,14 @@ def layer_bits(shape: tuple[int, int], cfg: LayerConfig | None, fp_bits: float) 
 
 def costs_and_bits(choices: Sequence[Choice], shapes: Mapping[str, tuple[int, int]],
                    sens: Mapping, fp_bits: float) -> tuple[dict, dict]:
-    """Per choice and option: the summed sensitivity and the summed bits of its layers."""
+    """Per choice and option: the summed sensitivity of its layers and the bits of the
+    matrices it stores (a tied embedding/head once)."""
     costs, bits = {}, {}
     for c in choices:
         costs[c.param], bits[c.param] = {}, {}
         for cfg, label in zip(c.options, c.labels):
             costs[c.param][label] = sum(sens["layers"][n][label] for n in c.layers)
-            bits[c.param][label] = sum(layer_bits(shapes[n], cfg, fp_bits) for n in c.layers)
+            bits[c.param][label] = sum(layer_bits(shapes[n], cfg, fp_bits) for n in c.stored)
     return costs, bits
 
 
@@ -82,7 +83,7 @@ def max_choice_bits(choices: Sequence[Choice], shapes: Mapping[str, tuple[int, i
     once everything else (measured on the unquantized model) is counted."""
     if max_size_mib is None or fp_size_mib is None:
         return None
-    searched = {n for c in choices for n in c.layers}
+    searched = {n for c in choices for n in c.stored}
     fixed = fp_size_mib * MIB_BITS - sum(layer_bits(shapes[n], None, fp_bits) for n in searched)
     return max_size_mib * MIB_BITS - fixed
 

@@ -116,10 +116,17 @@ class Choice:
     param: str
     layers: tuple[str, ...]
     options: tuple[LayerConfig | None, ...]
+    tied: tuple[str, ...] = ()   # layers whose matrix is an earlier layer's of this choice
 
     @property
     def labels(self) -> tuple[str, ...]:
         return tuple(label_of(o) for o in self.options)
+
+    @property
+    def stored(self) -> tuple[str, ...]:
+        """The layers whose matrices the choice stores: a tied matrix once (sizes and
+        bit budgets count these; sensitivities and times count every layer)."""
+        return tuple(n for n in self.layers if n not in self.tied)
 
 
 @dataclass(frozen=True)
@@ -184,11 +191,24 @@ class Space:
                 if not ok:
                     raise UserError(f"{self.source}: no option of group {g.name!r} is valid for "
                                     f"{unit[0]} {shapes[unit[0]]}; add one that fits.")
-                choices.append(Choice(unit[0] if g.per_layer else g.name, tuple(unit), ok))
+                choices.append(Choice(unit[0] if g.per_layer else g.name, tuple(unit), ok,
+                                      _repeats(unit, ties)))
         if not choices:
             raise UserError(f"{self.source}: no group of this space selects any layer of this "
                             "model; check its match and roles (see `autoq search --help`).")
         return choices, fixed
+
+
+def _repeats(unit: list[str], ties: Iterable[Iterable[str]]) -> tuple[str, ...]:
+    """The layers of `unit` that share their matrix with an earlier layer of it."""
+    group_of = {n: i for i, g in enumerate(ties) for n in g}
+    seen, out = set(), []
+    for n in unit:
+        g = group_of.get(n)
+        if g is not None and g in seen:
+            out.append(n)
+        seen.add(g)
+    return tuple(out)
 
 
 def _per_layer(layers: list[str], ties: Iterable[Iterable[str]]) -> list[list[str]]:
