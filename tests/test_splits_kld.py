@@ -79,6 +79,7 @@ def test_a_resume_on_another_report_protocol_scores_the_report_split_again(tmp_p
                                                                           tiny_llama_dir, splits):
     args = ("--target-ppl", "1e6", "--trials", "3", "--prior-trials", "2", "--one-shot", "5")
     folder = search(tmp_path, tiny_llama_dir, splits, *args)
+    other = search(tmp_path, tiny_llama_dir, splits, *args, "--study", "other")
     first = json.loads((folder / "pareto.json").read_text())["front"]
     folder = search(tmp_path, tiny_llama_dir, splits, *args, "--report-limit", "10")
     front = json.loads((folder / "pareto.json").read_text())["front"]
@@ -88,6 +89,11 @@ def test_a_resume_on_another_report_protocol_scores_the_report_split_again(tmp_p
     reports = [*(e["metrics"]["report"] for e in front), baselines["fp"]["report"],
                *(e["report"] for e in shots.values())]
     assert all("10 windows" in r["protocol"] for r in reports)
+    # the other study, resumed on 10 windows too, takes the baselines scored there
+    other = search(tmp_path, tiny_llama_dir, splits, *args, "--study", "other",
+                   "--report-limit", "10")
+    assert json.loads((other / "baselines.json").read_text())["fp"]["report"] == \
+        baselines["fp"]["report"]           # the same entry, not scored again
     fp = baselines["fp"]
     for e in front:   # the target carried to the report split: the same loss against fp
         r = e["metrics"]["report"]
