@@ -100,18 +100,21 @@ class References:
     def stored(self) -> dict:
         return dict(contract.attr(self.session.study.user_attrs, contract.BASELINES, {}))
 
+    def _read_shared(self) -> dict:
+        """The baselines every study under this --out shares (<out>/baselines/)."""
+        path = self._shared("baselines")
+        return json.loads(path.read_text()) if path.exists() else {}
+
     def _store(self, have: dict) -> None:
         self.session.study.set_user_attr(contract.BASELINES, have)
         write_json(self.session.dir / contract.BASELINES_FILE, have)
 
     def _update(self, label: str, metrics: dict) -> dict:
         """Merge one reference point into the shared file and the study."""
-        path = self._shared("baselines")
-        shared = json.loads(path.read_text()) if path.exists() else {}
-        have = {**shared, **self.stored()}
+        have = {**self._read_shared(), **self.stored()}
         have[label] = {**have.get(label, {}), **metrics}
         self._store(have)
-        write_json(path, have)
+        write_json(self._shared("baselines"), have)
         return have
 
     def labels(self) -> list[str]:
@@ -120,9 +123,7 @@ class References:
     def baselines(self) -> dict:
         """fp + the space's uniform configs: measured if no study under this --out has
         them yet, then stored with this study too."""
-        path = self._shared("baselines")
-        shared = json.loads(path.read_text()) if path.exists() else {}
-        have = {**shared, **self.stored()}
+        have = {**self._read_shared(), **self.stored()}
         for label in self.labels():
             if label in have:
                 continue
@@ -137,8 +138,7 @@ class References:
         """The baselines on the report split too (their metrics under "report")."""
         have = self.baselines()
         protocol = self.session.ev.split("report").protocol
-        path = self._shared("baselines")
-        shared = json.loads(path.read_text()) if path.exists() else {}
+        shared = self._read_shared()
         for label in self.labels():
             if label not in have or scored_on(have[label].get("report"), protocol):
                 continue
