@@ -8,7 +8,7 @@ The API is two functions, imported on first use so that `import autoq` stays lig
 (see autoq.api).
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 def __getattr__(name: str):

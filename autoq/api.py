@@ -1,5 +1,5 @@
 """The Python API: `autoq.load` runs a saved folder, `autoq.quantize` applies a plan to a
-model you loaded yourself.
+model you loaded yourself. Both are autoq.pipeline's steps.
 
     model, tokenizer = autoq.load("results/<study>/best-model")    # an LM folder
     model, transform = autoq.load("results/<study>/best-model")    # a ViT folder
@@ -25,28 +25,14 @@ class Loaded(NamedTuple):
     processor: Any
 
 
-def open_folder(folder: str | Path, device: str = "auto", backend: str = "auto",
-                dtype: str = "auto"):
-    """(LoadedModel, serving report): the folder loaded on `device` ("auto": cuda if
-    there is one) in `dtype` ("auto": fp16 on GPU, fp32 on CPU), its quantized layers
-    served by `backend` ("auto": gemlite on CUDA when installed, else HQQ's torch
-    backend; the report names the layers left on HQQ and why)."""
-    from . import saved
-    from .backends import prepare_, require_backend
-    from .models import pick_device, pick_dtype
-
-    dev = pick_device(device)
-    dt = pick_dtype(dtype, dev)
-    name = require_backend(backend, dev)
-    loaded = saved.load(folder, dev, dt)
-    return loaded, prepare_(loaded.model, name)
-
-
 def load(folder: str | Path, device: str = "auto", backend: str = "auto",
          dtype: str = "auto") -> Loaded:
     """A folder written by `autoq apply`, ready to run: `(model, processor)`. The model
     is the transformers (or timm) model with its planned layers quantized, in eval
-    mode, without gradients; `model.generate` works as usual."""
+    mode, without gradients, its quantized layers served by `backend` ("auto": the
+    device's fastest installed one); `model.generate` works as usual."""
+    from .pipeline import open_folder
+
     loaded, _ = open_folder(folder, device, backend, dtype)
     return Loaded(loaded.model, loaded.kind.processor(loaded))
 
@@ -73,15 +59,12 @@ def quantize(model: nn.Module, plan: Any, *, backend: str = "auto",
     is not used). Returns what it did: `layers_quantized`, `size_mib` (16-bit
     storage), `memory_mib`, `bits_per_weight`, `model_bits_per_weight`, `coverage`,
     `ties` (tied layers the plan unties), and the serving report of `backend`
-    ("auto": gemlite on a CUDA model when installed, else HQQ's torch layers)."""
-    from .backends import prepare_, require_backend
-    from .coverage import of_model
-    from .kinds import kind_of
-    from .layers import tied_groups
+    ("auto": the device's fastest installed backend)."""
+    from . import pipeline
     from .models import LoadedModel
-    from .plan import tie_notes
-    from .quant import LayerCache, quantize_
-    from .size import measure
+    from .models.kinds import kind_of
+    from .quant.cache import LayerCache
+    from .serve import require_backend
 
     the_plan = as_plan(plan)
     weight = next((p for p in model.parameters() if p.is_floating_point()), None)
@@ -90,15 +73,13 @@ def quantize(model: nn.Module, plan: Any, *, backend: str = "auto",
     kind = kind_of(model)
     loaded = LoadedModel(the_plan.model, kind, model, weight.device, weight.dtype,
                          heads=kind.heads(model))
-    resolved = the_plan.resolve(loaded.shapes(), loaded.keep(),
+    resolved = pipeline.resolve(loaded, the_plan,
                                 str(plan) if isinstance(plan, (str, Path)) else "plan")
     name = require_backend(backend, weight.device)
-    quantize_(model, resolved, device=weight.device, dtype=weight.dtype,
-              cache=LayerCache(cache_dir))
-    size = measure(model)
+    size = pipeline.quantize(loaded, resolved, cache=LayerCache(cache_dir))
+    serving = pipeline.serve(loaded, name)
     return {"layers_quantized": sum(c is not None for c in resolved.values()),
             "size_mib": size.size_mib, "memory_mib": size.memory_mib,
             "bits_per_weight": size.bits_per_weight,
             "model_bits_per_weight": size.model_bits_per_weight,
-            "coverage": of_model(loaded, resolved),
-            "ties": tie_notes(resolved, tied_groups(model)), **prepare_(model, name)}
+            "coverage": loaded.quantized.coverage, "ties": loaded.quantized.ties, **serving}

@@ -1,4 +1,5 @@
-"""Atomic file writes: a reader never sees a half-written result file."""
+"""Files: atomic writes (a reader never sees a half-written result file), and where the
+shipped declarative files live (search_spaces/, eval/)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import json
 import os
 import tempfile
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def write_atomic(path: str | os.PathLike, data: str | bytes, sync: bool = True) -> None:
@@ -38,3 +41,11 @@ def umask() -> int:
 def write_json(path: str | os.PathLike, obj) -> None:
     write_atomic(path, json.dumps(obj, indent=2) + "\n")
 
+
+def resource_dir(name: str) -> Path:
+    """A shipped folder (search_spaces/, eval/): at the repository root in a source
+    checkout; an installed wheel maps it into the package as autoq/_data/<name>."""
+    for candidate in (ROOT / name, Path(__file__).resolve().parent / "_data" / name):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError(f"autoq is missing its {name}/ folder; reinstall it.")

@@ -1,8 +1,9 @@
-"""Plan files: which layer gets which HQQ config.
+"""Plan files: which layer gets which quantization config.
 
-The contract between `search`, `apply` and `report` (format `autoq.plan/1`)::
+The contract between `search`, `apply` and `report` (format `autoq.plan/2`)::
 
-    {"format": "autoq.plan/1", "model": "smollm2",
+    {"format": "autoq.plan/2", "model": "smollm2",
+     "method": "hqq", "methods": {"hqq": "0.2.8.post1"},  # default method; versions
      "layers": {"model.layers.0.self_attn.q_proj": {"nbits": 4, "group_size": 64},
                 "model.layers.0.self_attn.k_proj": null},
      "default": {"nbits": 4, "group_size": 64},          # optional
@@ -11,7 +12,11 @@ The contract between `search`, `apply` and `report` (format `autoq.plan/1`)::
 `layers` keys are full module names; `null` keeps that layer in its original
 precision; a layer not listed is not quantized, unless `default` is given, which
 applies to every quantizable layer not listed except the model's head (list the
-head explicitly to quantize it). Other top-level keys are kept as they are.
+head explicitly to quantize it). A layer entry (and `default`) uses the plan's
+`method` unless it names its own (`{"method": "hqq", "nbits": ...}`); `methods`
+records the version of each method the plan was made with. The method checks the
+entry's other keys (autoq.quant.METHODS). Other top-level keys are kept as they are.
+`autoq.plan/1` files (HQQ only, no method keys) are still read.
 """
 
 from __future__ import annotations
@@ -23,101 +28,22 @@ from typing import Any, Collection, Mapping
 
 from .errors import UserError
 from .io import write_json
+from .quant import DEFAULT_METHOD, METHODS, LayerConfig, label_of
 
-FORMAT = "autoq.plan/1"
-NBITS = (1, 1.58, 2, 3, 4, 8)  # HQQ's bit widths
-PACK_FACTOR = {1: 8, 1.58: 4, 2: 4, 3: 1, 4: 2, 8: 1}  # values per packed byte (3-bit pads)
-STORED_BITS = {1: 1, 1.58: 2, 2: 2, 3: 3.2, 4: 4, 8: 8}  # 1.58 packs as 2-bit; 3-bit: 10 per int32
-LAYER_KEYS = ("nbits", "group_size")
-FP = "fp"   # the label of "not quantized" (None in code, null in JSON)
+FORMAT = "autoq.plan/2"
+READS = ("autoq.plan/1", FORMAT)   # /1: before methods were named (all HQQ)
 
 
-@dataclass(frozen=True, order=True)
-class LayerConfig:
-    """One HQQ setting: `nbits` bits per weight, one scale/zero per `group_size` weights."""
-
-    nbits: float
-    group_size: int | None  # None: one group per row (whole in_features)
-
-    def to_json(self) -> dict:
-        return {"nbits": self.nbits, "group_size": self.group_size}
-
-    @classmethod
-    def from_json(cls, obj: Mapping | None) -> "LayerConfig | None":
-        """From a trusted {"nbits", "group_size"} object (or None: not quantized);
-        integral bit widths become ints (4.0 -> 4)."""
-        if obj is None:
-            return None
-        nbits = obj["nbits"]
-        return cls(int(nbits) if float(nbits).is_integer() else nbits, obj["group_size"])
-
-    @property
-    def label(self) -> str:
-        return f"{self.nbits:g}:{self.group_size or 'row'}"
-
-    def bits_per_weight(self, in_features: int) -> float:
-        """Packed weight + 16-bit scale + 16-bit zero, per weight (4:64 -> 4.5)."""
-        return STORED_BITS[self.nbits] + 32 / (self.group_size or in_features)
-
-    def problem(self, in_features: int, out_features: int) -> str | None:
-        """Why this config cannot quantize an (out, in) weight, or None if it can."""
-        if self.nbits not in NBITS:
-            return f"nbits={self.nbits!r} is not one of HQQ's {list(NBITS)}"
-        gs = self.group_size
-        if gs is None:
-            gs = in_features
-        elif not isinstance(gs, int) or isinstance(gs, bool) or gs <= 0 or gs % 8:
-            return f"group_size={gs!r} is not a positive multiple of 8 (or null for whole rows)"
-        elif in_features % gs:
-            return f"group_size={gs} does not divide in_features={in_features}"
-        groups = in_features * out_features // gs
-        if groups % PACK_FACTOR[self.nbits]:
-            return (f"{self.nbits:g}-bit packing needs the group count ({groups}) to be a "
-                    f"multiple of {PACK_FACTOR[self.nbits]}")
-        return None
-
-    @staticmethod
-    def parse(text: str) -> "LayerConfig":
-        """`4:64` -> LayerConfig(4, 64); `4:row` or `4:none` -> whole-row groups."""
-        try:
-            nb, gs = text.split(":")
-            nbits = float(nb)
-            nbits = int(nbits) if nbits.is_integer() else nbits
-            group = None if gs.lower() in ("row", "none", "null") else int(gs)
-        except ValueError:
-            raise UserError(f"--uniform {text!r} is not NBITS:GROUP_SIZE; write for example 4:64.")
-        cfg = LayerConfig(nbits, group)
-        if nbits not in NBITS:
-            raise UserError(f"--uniform {text!r}: nbits must be one of {list(NBITS)}.")
-        return cfg
-
-
-def label_of(cfg: LayerConfig | None) -> str:
-    """`4:64`, `4:row`, or `fp` for a layer kept in full precision."""
-    return FP if cfg is None else cfg.label
-
-
-def _layer_config(value: Any, where: str) -> LayerConfig | None:
+def _layer_config(value: Any, where: str, method: str) -> LayerConfig | None:
     if value is None:
         return None
     if not isinstance(value, Mapping):
         raise UserError(f"{where} must be an object like {{\"nbits\": 4, \"group_size\": 64}} "
                         "or null; fix that entry.")
-    unknown = sorted(map(str, set(value) - set(LAYER_KEYS)))
-    if unknown:
-        raise UserError(f"{where} has unknown key {unknown[0]!r}; only nbits and group_size "
-                        "are allowed.")
-    for key in LAYER_KEYS:
-        if key not in value:
-            raise UserError(f"{where} is missing {key!r}; add it (group_size may be null).")
-    nbits, gs = value["nbits"], value["group_size"]
-    if isinstance(nbits, bool) or not isinstance(nbits, (int, float)) or nbits not in NBITS:
-        raise UserError(f"{where}.nbits={nbits!r} is not one of HQQ's {list(NBITS)}; "
-                        "pick one of those.")
-    if gs is not None and (isinstance(gs, bool) or not isinstance(gs, int) or gs <= 0 or gs % 8):
-        raise UserError(f"{where}.group_size={gs!r} must be a positive multiple of 8 or "
-                        "null; fix it.")
-    return LayerConfig.from_json(value)
+    name = value.get("method", method)
+    if not isinstance(name, str) or name not in METHODS:
+        raise UserError(f"{where}.method={name!r} is not one of {', '.join(METHODS.names)}.")
+    return METHODS.get(name).parse(value, where)
 
 
 @dataclass
@@ -127,13 +53,26 @@ class Plan:
     default: LayerConfig | None = None
     metrics: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)  # other top-level keys, kept verbatim
+    versions: dict = field(default_factory=dict)  # method -> version it was made with
+
+    def version_notes(self) -> list[str]:
+        """One sentence per method this plan was made with in another version than the
+        one installed (its configs may quantize slightly differently)."""
+        return [f"the plan was made with {m} {v}; this is {m} {METHODS.get(m).version()}"
+                for m, v in self.versions.items()
+                if m in METHODS and v != METHODS.get(m).version()]
 
     # ---- JSON -------------------------------------------------------------------
     def to_json(self) -> dict:
-        out = {"format": FORMAT, "model": self.model,
-               "layers": {k: (v.to_json() if v else None) for k, v in self.layers.items()}}
+        used = sorted({c.method for c in [*self.layers.values(), self.default] if c})
+        method = used[0] if len(used) == 1 else DEFAULT_METHOD
+        out = {"format": FORMAT, "model": self.model, "method": method,
+               "methods": {m: self.versions.get(m) or METHODS.get(m).version()
+                           for m in used or [method]},
+               "layers": {k: (v.to_json(v.method != method) if v else None)
+                          for k, v in self.layers.items()}}
         if self.default is not None:
-            out["default"] = self.default.to_json()
+            out["default"] = self.default.to_json(self.default.method != method)
         out["metrics"] = dict(self.metrics)
         out.update(self.extra)
         return out
@@ -146,8 +85,9 @@ class Plan:
             if key not in obj:
                 raise UserError(f"{source}: missing field {key!r}; a plan needs format, model "
                                 "and layers.")
-        if obj["format"] != FORMAT:
-            raise UserError(f"{source}: format is {obj['format']!r}; this autoq reads {FORMAT!r}.")
+        if obj["format"] not in READS:
+            raise UserError(f"{source}: format is {obj['format']!r}; this autoq reads "
+                            f"{' and '.join(map(repr, READS))}.")
         if not isinstance(obj["model"], str) or not obj["model"]:
             raise UserError(f"{source}: model must be a model name such as \"smollm2\".")
         if not isinstance(obj["layers"], Mapping):
@@ -155,12 +95,20 @@ class Plan:
         metrics = obj.get("metrics", {})
         if not isinstance(metrics, Mapping):
             raise UserError(f"{source}: metrics must be an object.")
-        layers = {str(k): _layer_config(v, f"{source}: layers[{k!r}]")
+        method = obj.get("method", DEFAULT_METHOD)
+        if not isinstance(method, str) or method not in METHODS:
+            raise UserError(f"{source}: method {method!r} is not one of "
+                            f"{', '.join(METHODS.names)}.")
+        layers = {str(k): _layer_config(v, f"{source}: layers[{k!r}]", method)
                   for k, v in obj["layers"].items()}
-        default = _layer_config(obj["default"], f"{source}: default") if "default" in obj else None
+        default = _layer_config(obj["default"], f"{source}: default", method) \
+            if "default" in obj else None
+        versions = obj.get("methods", {})
         extra = {k: v for k, v in obj.items()
-                 if k not in ("format", "model", "layers", "default", "metrics")}
-        return cls(obj["model"], layers, default, dict(metrics), extra)
+                 if k not in ("format", "model", "method", "methods", "layers", "default",
+                              "metrics")}
+        return cls(obj["model"], layers, default, dict(metrics), extra,
+                   dict(versions) if isinstance(versions, Mapping) else {})
 
     @classmethod
     def load(cls, path: str | Path) -> "Plan":
@@ -215,8 +163,8 @@ class Plan:
 def fix(cfg: LayerConfig, fin: int, fout: int) -> str:
     """How to make `cfg` fit an (out, in) matrix: the group sizes that work."""
     ok = [g for g in range(8, min(fin, 1024) + 1, 8)
-          if LayerConfig(cfg.nbits, g).problem(fin, fout) is None]
-    if LayerConfig(cfg.nbits, None).problem(fin, fout) is None:
+          if LayerConfig(cfg.nbits, g, cfg.method).problem(fin, fout) is None]
+    if LayerConfig(cfg.nbits, None, cfg.method).problem(fin, fout) is None:
         ok.append("null")
     if not ok:
         return (f"no group size lets {cfg.nbits:g}-bit pack this {fout}x{fin} matrix; pick "

@@ -16,8 +16,8 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Mapping, Sequence, TypeVar
 
-from .pareto import front_indices
-from .target import Target
+from .errors import deprecated
+from .metrics import Target
 
 FORMAT = "autoq.study/1"
 STUDY_FILE = "study.json"
@@ -44,7 +44,12 @@ INFO_DEFAULTS = {OBJECTIVE: "size"}  # study.json keys older studies lack -> wha
 
 
 def study_info(info: Mapping[str, Any]) -> dict:
-    """A study.json (or pareto.json) object with the keys older studies lack filled in."""
+    """A study.json (or pareto.json) object with the keys older studies lack filled in
+    (deprecated: said once)."""
+    missing = [k for k in INFO_DEFAULTS if k not in info]
+    if missing:
+        deprecated(f"a study.json without {missing[0]!r} (written before autoq 0.1)",
+                   f"\"{missing[0]}\": \"{INFO_DEFAULTS[missing[0]]}\" in it, or run the search again")
     return {**INFO_DEFAULTS, **info}
 
 
@@ -57,7 +62,9 @@ def objective(info: Mapping[str, Any]) -> str:
 def objective_key(objective: str | None) -> str:
     """The metrics key a study minimises (`objective` from study.json; None, in studies
     written before there was a choice: size)."""
-    return OBJECTIVES[objective or INFO_DEFAULTS[OBJECTIVE]]
+    if objective is None:
+        return OBJECTIVES[study_info({})[OBJECTIVE]]
+    return OBJECTIVES[objective]
 
 
 # ---- Optuna attribute keys -------------------------------------------------------------
@@ -83,7 +90,8 @@ FAIL_REASON = "autoq:fail_reason"
 HEARTBEAT = "autoq:heartbeat"
 RETRY_HISTORY = "autoq:retry_history"
 
-# what studies written before the namespaced keys used (still read, never written)
+# what studies written before the namespaced keys used (read with a deprecation line,
+# never written)
 LEGACY = {INFO: "autoq", BASELINES: "baselines", RESCORED: "rescored",
           FRONT_SPEED: "front_speed", PRIOR_ENQUEUED: "seeded", ORIGIN: "origin",
           LAYERS: "layers", METRICS: "metrics", UNITS: "units", DUPLICATE_OF: "duplicate_of",
@@ -93,14 +101,21 @@ ORIGIN_NAMES = {"seed": "prior"}    # older spelling of an origin -> the current
 
 
 def attr(attrs: Mapping[str, Any], key: str, default: Any = None) -> Any:
-    """`attrs[key]`, falling back to the key's legacy spelling."""
+    """`attrs[key]`, falling back to the key's legacy spelling (deprecated: said once)."""
     if key in attrs:
         return attrs[key]
-    return attrs.get(LEGACY.get(key, key), default)
+    old = LEGACY.get(key)
+    if old is not None and old in attrs:
+        deprecated(f"the study attribute {old!r} (a study written before autoq 0.1)",
+                   f"{key!r}: run the search again into a new study")
+        return attrs[old]
+    return default
 
 
 def origin(attrs: Mapping[str, Any]) -> str:
     value = str(attr(attrs, ORIGIN) or "sampler")
+    if value in ORIGIN_NAMES:
+        deprecated(f"the trial origin {value!r}", repr(ORIGIN_NAMES[value]))
     return ORIGIN_NAMES.get(value, value)
 
 
@@ -123,6 +138,28 @@ def number(x: Any) -> float | None:
     if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
         return None
     return float(x)
+
+
+
+# ---- Pareto fronts (pure) ----------------------------------------------------------
+def dominates(a: Sequence[float], b: Sequence[float], senses: Sequence[str]) -> bool:
+    """`a` is at least as good as `b` everywhere and strictly better somewhere
+    (`senses[i]`: "min" or "max"); identical points do not dominate each other, so ties
+    all stay on the front."""
+    better = False
+    for x, y, s in zip(a, b, senses):
+        if s == "max":
+            x, y = -x, -y
+        if x > y:
+            return False
+        better |= x < y
+    return better
+
+
+def front_indices(points: Sequence[Sequence[float]], senses: Sequence[str]) -> list[int]:
+    """Indices of the non-dominated points, in input order."""
+    return [i for i, p in enumerate(points)
+            if not any(dominates(q, p, senses) for j, q in enumerate(points) if j != i)]
 
 
 K = TypeVar("K")

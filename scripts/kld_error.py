@@ -19,9 +19,10 @@ from pathlib import Path
 
 import torch
 
-from autoq import kld
-from autoq.evaluate import EvalSettings, Evaluator
-from autoq.plan import LayerConfig, uniform_plan
+from autoq.tasks import kld
+from autoq.pipeline.evaluator import EvalSettings, Evaluator
+from autoq.quant import LayerConfig
+from autoq.plan import uniform_plan
 
 CONFIGS = (("uniform 8:192", "8:192", False), ("uniform 4:64", "4:64", False),
            ("uniform 4:64, whole model", "4:64", True), ("uniform 3:64", "3:64", False))

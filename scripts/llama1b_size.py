@@ -18,13 +18,14 @@ from pathlib import Path
 
 import torch
 
-from autoq.plan import LayerConfig, uniform_plan
-from autoq.quant import quantize_
-from autoq.size import measure
+from autoq.quant import LayerConfig
+from autoq.plan import uniform_plan
+from autoq.quant.size import measure
 
 
 def gpu_check():
-    spec = importlib.util.spec_from_file_location("gpu_check", Path(__file__).with_name("gpu_check.py"))
+    spec = importlib.util.spec_from_file_location("gpu_check_common",
+                                                  Path(__file__).with_name("gpu_check_common.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -38,21 +39,21 @@ def main() -> None:
                     help="run HQQ's half-quadratic optimizer (slow on a CPU: ~10 min here); "
                     "the bytes do not depend on it, only the values (random weights anyway)")
     a = ap.parse_args()
-    if not a.optimize:   # the same packing without HQQ's solver (autoq.quant.hqq_config)
-        import autoq.quant
-        packing = autoq.quant.hqq_config
-        autoq.quant.hqq_config = lambda cfg, optimize=True: packing(cfg, optimize=False)
+    if not a.optimize:   # the same packing without HQQ's solver (where it is read)
+        from autoq.quant import hqq_layers
+        packing = hqq_layers.hqq_config
+        hqq_layers.hqq_config = lambda cfg, optimize=True: packing(cfg, optimize=False)
     check = gpu_check()
     t0 = time.time()
     cpu = torch.device("cpu")
     loaded = check.build_llama(check.llama_config(tiny=False), cpu, torch.float32,
                                "llama-3.2-1b-architecture")
-    fp = measure(loaded.model)
+    fp = measure(loaded.quantized)
     routers = {n: why for n, why in loaded.keep().items() if why == "a router"}
     plan = uniform_plan(loaded.spec, LayerConfig.parse(a.uniform), loaded.shapes(), routers)
     resolved = plan.resolve(loaded.shapes(), routers)
-    quantize_(loaded.model, resolved, device=cpu, dtype=torch.float32)
-    size = measure(loaded.model)
+    loaded.quantized.apply(resolved, device=cpu, dtype=torch.float32)
+    size = measure(loaded.quantized)
     result = {"command": f"python scripts/llama1b_size.py --uniform {a.uniform} --out {a.out}"
                          + (" --optimize" if a.optimize else ""),
               "hqq_optimizer": a.optimize,

@@ -23,7 +23,8 @@ from types import SimpleNamespace
 
 import torch
 
-from autoq.models.vit import DIGITS_KWARGS, DIGITS_VIT, DIGITS_WEIGHTS, eval_transform
+from autoq.models.kinds import KINDS
+from autoq.models.vit import DIGITS_KWARGS, DIGITS_VIT, DIGITS_WEIGHTS
 from autoq.tasks import get_task
 
 from autoq.tasks import digits
@@ -62,7 +63,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(True)
     model = timm.create_model(DIGITS_VIT, pretrained=False, **DIGITS_KWARGS)
-    task, stand_in = get_task("digits"), SimpleNamespace(transform=eval_transform(model))
+    task, stand_in = get_task("digits"), SimpleNamespace(transform=KINDS["vit"].transform(model))
     train, search, report = (digits.load(task, stand_in, None, None, None, s)
                              for s in ("train", "search", "report"))
     x, y = torch.stack(train.images), torch.tensor(train.labels)

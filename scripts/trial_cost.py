@@ -24,10 +24,10 @@ from pathlib import Path
 import optuna
 import torch
 
-from autoq.evaluate import EvalSettings, Evaluator
+from autoq.pipeline.evaluator import EvalSettings, Evaluator
 from autoq.io import write_json
 from autoq.plan import Plan
-from autoq.quant import LayerCache
+from autoq.quant.cache import LayerCache
 
 
 def main() -> None:

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import torch
 
-from autoq.evaluate import EvalSettings, Evaluator
+from autoq.pipeline.evaluator import EvalSettings, Evaluator
 from autoq.io import write_json
-from autoq.plan import LayerConfig
-from autoq.quant import LayerCache
+from autoq.quant import LayerConfig
+from autoq.quant.cache import LayerCache
 
 LLAMA_3_2_1B = dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192,
                     num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 
-from autoq.evaluate import EvalSettings, Evaluator
+from autoq.pipeline.evaluator import EvalSettings, Evaluator
 from autoq.io import write_json
-from autoq.plan import LayerConfig
+from autoq.quant import LayerConfig
 from autoq.search.sensitivity import measure_or_load
 from autoq.search.space import load_space
 

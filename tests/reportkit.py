@@ -8,8 +8,9 @@ import json
 from pathlib import Path
 
 from autoq import study as contract
-from autoq.plan import LayerConfig, Plan
-from autoq.target import Target
+from autoq.quant import LayerConfig
+from autoq.plan import Plan
+from autoq.metrics import Target
 
 PROTOCOL = "wikitext2 validation, 8 windows x 256 tokens (non-overlapping), ppl=exp(mean NLL)"
 REPORT = "wikitext2 test, 16 windows x 256 tokens (non-overlapping), ppl=exp(mean NLL)"

@@ -15,18 +15,23 @@ import torch
 from typer.testing import CliRunner
 
 import autoq
-from autoq import saved
+from autoq.models import saved
 from autoq.cli import app
 from autoq.errors import UserError
 from autoq.models import load_model
 from autoq.plan import FORMAT, Plan
-from autoq.quant import installed, quantize_
-from autoq.size import measure
+from autoq.quant.size import measure
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU, F32 = torch.device("cpu"), torch.float32
 PLAN = {"layers": {"model.layers.0.mlp.down_proj": {"nbits": 8, "group_size": 64}},
         "default": {"nbits": 4, "group_size": 32}}
+
+
+def installed(model) -> set[str]:
+    """The names of a model's quantized linears (packed, or served by a backend)."""
+    return {n for n, m in model.named_modules()
+            if hasattr(m, "quant_method") or getattr(m, "served", False)}
 
 
 def applied(tmp_path: Path, spec: str, layers: dict, default=None, *extra) -> Path:
@@ -54,16 +59,16 @@ def test_quantize_in_place_reports_and_matches_autoq(tiny_llama_dir, tmp_path):
 
     mine = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=F32).eval()
     report = autoq.quantize(mine, PLAN)
-    # the same plan through autoq's own loader and quantize_
+    # the same plan through autoq's own loader and QuantizedModel.apply
     ref = load_model(f"hf:{tiny_llama_dir}")
     resolved = Plan.from_json({"format": FORMAT, "model": ref.spec, **PLAN}).resolve(
         ref.shapes(), ref.keep())
-    quantize_(ref.model, resolved, device=CPU, dtype=F32)
+    ref.quantized.apply(resolved, device=CPU, dtype=F32)
     ids = torch.arange(3, 30)[None]
     with torch.no_grad():
         assert torch.equal(mine(ids).logits, ref.model(ids).logits)
     assert report["layers_quantized"] == 14 == len(installed(mine))  # the head and embedding kept
-    size = measure(ref.model)
+    size = measure(ref.quantized)
     assert (report["size_mib"], report["bits_per_weight"]) == (size.size_mib, size.bits_per_weight)
     assert report["coverage"]["quantized_layers"] == 14 and report["ties"] == []
     assert report["backend"] == "hqq" and report["fallback"] == {}

@@ -13,7 +13,8 @@ import time
 import pytest
 from typer.testing import CliRunner
 
-from autoq import args, hub
+from autoq.cli import args
+from autoq.models import hub
 from autoq.cli import app
 from autoq.models import MODELS
 
@@ -200,15 +201,20 @@ def test_the_cli_and_the_checks_import_nothing_heavy():
     assert out.stdout.strip() == "[]", out.stdout
 
 
-def test_the_light_lists_match_the_heavy_registries():
-    from autoq.backends import BACKENDS
-    from autoq.kinds import KINDS
-    from autoq.search.sampler import SAMPLERS
+def test_the_cli_reads_its_choices_from_the_registries_and_each_entry_loads():
+    from autoq.models.kinds import KINDS
+    from autoq.quant import METHODS
+    from autoq.search import SAMPLERS
+    from autoq.serve import BACKENDS
+    from autoq.tasks import SCORERS, task_names
 
-    assert args.BACKENDS == ("auto", *BACKENDS)
-    assert args.SAMPLERS == tuple(SAMPLERS)
-    assert args.DEFAULT_TASKS == {k: kind.default_task for k, kind in KINDS.items()}
-    assert {e.kind for e in MODELS.values()} <= set(args.DEFAULT_TASKS)
+    assert args.BACKENDS == ("auto", *BACKENDS.names)
+    assert args.SAMPLERS == SAMPLERS.names
+    for registry in (BACKENDS, SAMPLERS, METHODS):
+        assert all(registry.get(name) is not None for name in registry)
+    assert sorted(SCORERS) == task_names()
+    assert {e.kind for e in MODELS.values()} <= set(KINDS)
+    assert {k.default_task for k in KINDS.values()} <= set(task_names())
 
 
 @pytest.mark.parametrize("text, value", [("none", None), ("NONE", None), (" None ", None),

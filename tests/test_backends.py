@@ -15,14 +15,17 @@ from hypothesis import strategies as st
 from torch import nn
 from typer.testing import CliRunner
 
-from autoq import backends
-from autoq.quant import layer_config
-from autoq.backends import (BACKENDS, gemlite_problem, prepare_,
-                            require_backend, served_by, servable)
+from autoq.serve import backend as backends
+from autoq.serve import gemlite
+from autoq.quant.model import layer_config
+from autoq.serve import BACKENDS, require_backend
+from autoq.serve.backend import prepare_, served_by, servable
+from autoq.serve.gemlite import problem as gemlite_problem
 from autoq.cli import app
 from autoq.errors import UserError
-from autoq.plan import NBITS, LayerConfig
-from autoq.quant import quantize_
+from autoq.quant.hqq import NBITS
+from autoq.quant import LayerConfig
+from autoq.quant.model import quantize_
 
 CPU = torch.device("cpu")
 
@@ -32,10 +35,10 @@ CPU = torch.device("cpu")
     (LayerConfig(4, 128), 2048, 512),
     (LayerConfig(8, 64), 8192, 2048),
     (LayerConfig(2, 32), 2048, 8192),
-    (LayerConfig(1, 16), 64, 64),
+    (LayerConfig(1, 64), 64, 64),
     (LayerConfig(4, None), 2048, 128256),   # null group: one group per row
     (LayerConfig(8, None), 384, 1152),
-    (LayerConfig(4, 16), 32, 8),
+    (LayerConfig(4, 32), 32, 8),
 ])
 def test_gemlite_serves(cfg, fin, fout):
     assert gemlite_problem(cfg, fin, fout) is None
@@ -45,10 +48,12 @@ def test_gemlite_serves(cfg, fin, fout):
 @pytest.mark.parametrize("cfg, fin, fout, why", [
     (LayerConfig(3, 64), 2048, 2048, "1/2/4/8-bit"),
     (LayerConfig(1.58, 64), 2048, 2048, "1/2/4/8-bit"),
-    (LayerConfig(4, 8), 64, 64, "group_size >= 16"),
-    (LayerConfig(4, 16), 48, 64, "in_features % 32"),
+    (LayerConfig(4, 8), 64, 64, "group_size >= 32"),
+    (LayerConfig(4, 16), 64, 64, "group_size >= 32"),    # gemlite's GEMM: wrong values
+    (LayerConfig(1, 32), 64, 64, "group_size >= 64 at 1 bits"),  # no batch-1 config
+    (LayerConfig(8, 48), 48, 64, "in_features % 32"),
     (LayerConfig(4, None), 48, 64, "in_features % 32"),
-    (LayerConfig(4, None), 16, 64, "in_features % 32"),
+    (LayerConfig(4, None), 16, 64, "group_size >= 32"),
     (LayerConfig(4, 64), 96, 64, "does not divide"),       # HQQ cannot quantize it at all
     (LayerConfig(4, 12), 96, 64, "multiple of 8"),
 ])
@@ -66,7 +71,8 @@ def test_gemlite_rules_hold_whenever_it_serves(nbits, group, fin, fout):
     if gemlite_problem(cfg, fin, fout) is None:
         g = group or fin
         assert cfg.problem(fin, fout) is None
-        assert nbits in (1, 2, 4, 8) and g >= 16 and fin % g == 0 and fin % 32 == 0
+        assert nbits in (1, 2, 4, 8) and g >= (64 if nbits == 1 else 32) and fin % g == 0 \
+            and fin % 32 == 0
     else:  # a layer gemlite refuses stays on HQQ's torch backend
         assert served_by(cfg, fin, fout, "gemlite") == "hqq"
     assert served_by(cfg, fin, fout, "hqq") == "hqq"
@@ -102,11 +108,11 @@ def test_require_backend_on_cpu():
 
 def test_require_backend_with_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(backends, "gemlite_installed", lambda: True)
+    monkeypatch.setattr(backends, "package_installed", lambda name: True)
     assert require_backend("auto", "cuda") == "gemlite"
     assert require_backend("gemlite", "cuda:0") == "gemlite"
     assert require_backend("hqq", "cuda") == "hqq"
-    monkeypatch.setattr(backends, "gemlite_installed", lambda: False)
+    monkeypatch.setattr(backends, "package_installed", lambda name: False)
     assert require_backend("auto", "cuda") == "hqq"
     with pytest.raises(UserError, match="pip install 'gemlite==0.6.0.post2'"):
         require_backend("gemlite", "cuda")
@@ -136,19 +142,19 @@ def small_model() -> nn.Module:
                                      c=nn.Linear(48, 64), d=nn.Linear(64, 32))).eval()
 
 
-PLAN = {"a": LayerConfig(4, 64), "b": LayerConfig(3, 32), "c": LayerConfig(4, 16), "d": None}
+PLAN = {"a": LayerConfig(4, 64), "b": LayerConfig(3, 32), "c": LayerConfig(4, 48), "d": None}
 
 
 def test_prepare_converts_servable_layers_and_lists_the_rest(fake_gemlite):
     from hqq.core.quantize import HQQLinear
 
     model = small_model()
-    quantize_(model, PLAN, device=CPU, dtype=torch.float32)
+    qm = quantize_(model, PLAN, device=CPU, dtype=torch.float32)
     x = torch.randn(3, 64)
     with torch.no_grad():
         before = model(x)
-    info = prepare_(model, "gemlite")
-    assert info["backend"] == "gemlite" and info["gemlite_layers"] == 1
+    info = prepare_(qm, "gemlite")
+    assert info["backend"] == "gemlite" and info["served_layers"] == 1
     assert set(info["fallback"]) == {"b", "c"}
     assert "1/2/4/8-bit" in info["fallback"]["b"] and "in_features % 32" in info["fallback"]["c"]
     assert isinstance(model.a, backends.Served) and isinstance(model.a.kernel, Served)
@@ -158,15 +164,15 @@ def test_prepare_converts_servable_layers_and_lists_the_rest(fake_gemlite):
     with torch.no_grad():
         assert torch.equal(model(x), before)
     # the next trial re-assigns layers: the HQQLinear comes back, intact
-    quantize_(model, PLAN, device=CPU, dtype=torch.float32)
+    qm.apply(PLAN, device=CPU, dtype=torch.float32)
     assert isinstance(model.a, HQQLinear) and model.a.W_q is not None
 
 
 def test_prepare_hqq_changes_nothing():
     model = small_model()
-    quantize_(model, PLAN, device=CPU, dtype=torch.float32)
+    qm = quantize_(model, PLAN, device=CPU, dtype=torch.float32)
     mods = dict(model.named_children())
-    assert prepare_(model, "hqq") == {"backend": "hqq", "gemlite_layers": 0, "fallback": {}}
+    assert prepare_(qm, "hqq") == {"backend": "hqq", "served_layers": 0, "fallback": {}}
     assert dict(model.named_children()) == mods
 
 
@@ -195,14 +201,14 @@ def test_to_gemlite_calls_gemlite_without_destroying_the_layer(monkeypatch):
     monkeypatch.setitem(sys.modules, "gemlite.helper", helper)
     model = small_model()
     quantize_(model, {"a": LayerConfig(4, 64)}, device=CPU, dtype=torch.float32)
-    assert backends.to_gemlite(model.a) == "served"
+    assert gemlite.convert(model.a) == "served"
     assert calls == [("init", "cpu", torch.float32), ("from_hqqlinear", model.a, False)]
 
 
 # ---- wiring: Evaluator and CLI -------------------------------------------------------
 def test_evaluator_stores_backend_and_fallback(monkeypatch, fake_gemlite, tiny_llama_dir,
                                                tiny_text_file):
-    from autoq import evaluate
+    from autoq.pipeline import evaluator as evaluate
 
     monkeypatch.setattr(evaluate, "require_backend", lambda name, device: "gemlite")
     ev = evaluate.Evaluator(evaluate.EvalSettings(model=f"hf:{tiny_llama_dir}", data=str(tiny_text_file),
@@ -213,7 +219,7 @@ def test_evaluator_stores_backend_and_fallback(monkeypatch, fake_gemlite, tiny_l
     out = ev.run(resolved, speed=False)
     mlp = {n for n in ev.shapes if "mlp" in n}
     attn = {n for n in ev.shapes if "self_attn" in n}
-    assert out["backend"] == "gemlite" and out["gemlite_layers"] == len(mlp)
+    assert out["backend"] == "gemlite" and out["served_layers"] == len(mlp)
     assert set(out["fallback"]) == attn
     assert out["ppl"] > 1
 
@@ -239,4 +245,4 @@ def test_cli_eval_reports_the_backend(tiny_llama_dir, tiny_text_file):
                                  "--uniform", "4:32", "--device", "cpu", "--json"])
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout.strip().splitlines()[-1])
-    assert out["backend"] == "hqq" and out["fallback"] == {} and out["gemlite_layers"] == 0
+    assert out["backend"] == "hqq" and out["fallback"] == {} and out["served_layers"] == 0

@@ -159,7 +159,7 @@ def test_apply_lm_saves_reloads_and_evaluates(lm, tiny_text_file, tmp_path):
     # HQQ's own loader reads the folder too, with the same outputs
     from hqq.models.hf.base import AutoHQQHFModel
 
-    from autoq import saved
+    from autoq.models import saved
 
     theirs = AutoHQQHFModel.from_quantized(str(out), device="cpu", compute_dtype=torch.float32)
     ours = saved.load(out, torch.device("cpu"), torch.float32)

@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 from autoq.cli import app
 from autoq.errors import UserError
 from autoq.models import load_model
-from autoq.plan import LayerConfig, Plan
+from autoq.quant import LayerConfig
+from autoq.plan import Plan
 from autoq.tasks import get_task
 from autoq.tasks.digits import split_indices
 
@@ -133,7 +134,7 @@ def test_early_stopping_on_accuracy_stops_trials_and_prunes_only_sure_misses(stu
 
 # ---- sensitivity on a classifier -----------------------------------------------------
 def test_fisher_sensitivity_ranks_layers_by_their_measured_accuracy_drop(tmp_path):
-    from autoq.evaluate import EvalSettings, Evaluator
+    from autoq.pipeline.evaluator import EvalSettings, Evaluator
     from autoq.search.sensitivity import measure_or_load
 
     ev = Evaluator(EvalSettings(model="digits-vit"))

@@ -8,14 +8,13 @@ import pytest
 import torch
 from torch import nn
 
-from autoq import saved
+from autoq.models import saved
 from autoq.errors import UserError
-from autoq.layers import tied_groups
 from autoq.models import load_model
-from autoq.plan import LayerConfig, Plan, tie_notes
-from autoq.qmodules import gather_rows
-from autoq.quant import installed, quantize_, quantize_matrix
-from autoq.size import measure, saved_tensor_bytes
+from autoq.quant import LayerConfig
+from autoq.plan import Plan, tie_notes
+from autoq.quant.hqq_layers import gather_rows
+from autoq.quant.size import measure, saved_tensor_bytes, storage_dtype
 
 CPU, F32 = torch.device("cpu"), torch.float32
 EMB, HEAD = "model.embed_tokens", "lm_head"
@@ -26,7 +25,8 @@ EMB, HEAD = "model.embed_tokens", "lm_head"
 def test_gathered_rows_equal_the_full_dequantized_table_bit_for_bit(nbits, group):
     torch.manual_seed(0)
     table = torch.randn(200, 64)
-    layer = quantize_matrix(table, None, LayerConfig(nbits, group), CPU, F32)
+    cfg = LayerConfig(nbits, group)
+    layer = cfg.quant.quantize(table, None, cfg, CPU, F32)
     ids = torch.tensor([[0, 5, 199, 5], [17, 0, 123, 64]])
     full = layer.dequantize()
     assert torch.equal(gather_rows(layer, ids), full[ids])
@@ -42,17 +42,17 @@ def resolve(loaded, layers: dict) -> dict:
 
 
 def test_a_tied_plan_stores_one_tensor_and_counts_it_once(tiny, tmp_path):
-    assert tied_groups(tiny.model) == [sorted([EMB, HEAD])]
-    fp = measure(tiny.model)
+    assert tiny.quantized.tied_groups() == [sorted([EMB, HEAD])]
+    fp = measure(tiny.quantized)
     table = 128 * 64
     resolved = resolve(tiny, {EMB: LayerConfig(4, 32), HEAD: LayerConfig(4, 32)})
-    quantize_(tiny.model, resolved, device=CPU, dtype=F32)
-    layers = installed(tiny.model)
+    tiny.quantized.apply(resolved, device=CPU, dtype=F32)
+    layers = tiny.quantized.installed
     assert layers[EMB] is layers[HEAD] and tiny.model.model.embed_tokens.table is layers[HEAD]
-    size = measure(tiny.model)
+    size = measure(tiny.quantized)
     assert size.quantized_params == table          # once, not twice
     assert size.size_bytes == fp.size_bytes - table * 2 + table * 5 / 8
-    assert tie_notes(resolved, tied_groups(tiny.model)) == []
+    assert tie_notes(resolved, tiny.quantized.tied_groups()) == []
     out = saved.save(tiny, Plan(tiny.spec, resolved), tmp_path / "m")
     weights = torch.load(out / saved.WEIGHTS, weights_only=True)
     tied = [n for n in (EMB, HEAD) if saved.TIED in weights[n]]
@@ -61,20 +61,20 @@ def test_a_tied_plan_stores_one_tensor_and_counts_it_once(tiny, tmp_path):
 
 
 def test_an_untying_plan_counts_both_and_says_so(tiny):
-    fp = measure(tiny.model)
+    fp = measure(tiny.quantized)
     table = 128 * 64
     resolved = resolve(tiny, {EMB: LayerConfig(8, 32), HEAD: LayerConfig(4, 32)})
-    quantize_(tiny.model, resolved, device=CPU, dtype=F32)
-    layers = installed(tiny.model)
+    tiny.quantized.apply(resolved, device=CPU, dtype=F32)
+    layers = tiny.quantized.installed
     assert layers[EMB] is not layers[HEAD]
-    size = measure(tiny.model)
+    size = measure(tiny.quantized)
     assert size.quantized_params == 2 * table
     assert size.size_bytes == fp.size_bytes - table * 2 + table * 9 / 8 + table * 5 / 8
-    notes = tie_notes(resolved, tied_groups(tiny.model))
+    notes = tie_notes(resolved, tiny.quantized.tied_groups())
     assert len(notes) == 1 and notes[0].startswith("untied:") and "8:32" in notes[0]
     # only the head quantized: the embedding keeps the fp table, counted beside the head's
-    quantize_(tiny.model, resolve(tiny, {HEAD: LayerConfig(4, 32)}), device=CPU, dtype=F32)
-    assert measure(tiny.model).size_bytes == fp.size_bytes + table * 5 / 8
+    tiny.quantized.apply(resolve(tiny, {HEAD: LayerConfig(4, 32)}), device=CPU, dtype=F32)
+    assert measure(tiny.quantized).size_bytes == fp.size_bytes + table * 5 / 8
 
 
 @pytest.mark.parametrize("layers", [
@@ -84,8 +84,8 @@ def test_an_untying_plan_counts_both_and_says_so(tiny):
 ], ids=["tied", "untied", "embedding-only"])
 def test_save_and_reload_give_identical_logits(tiny, tmp_path, layers):
     resolved = resolve(tiny, {**layers, "model.layers.0.mlp.up_proj": LayerConfig(4, 32)})
-    quantize_(tiny.model, resolved, device=CPU, dtype=F32)
-    saved.round_to_storage_(tiny.model, saved.storage_dtype(F32))
+    tiny.quantized.apply(resolved, device=CPU, dtype=F32)
+    saved.round_to_storage_(tiny.quantized, storage_dtype(F32))
     ids = torch.randint(3, 128, (2, 12), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         before = tiny.model(ids).logits
@@ -93,14 +93,14 @@ def test_save_and_reload_give_identical_logits(tiny, tmp_path, layers):
     back = saved.load(out, CPU, F32)
     with torch.no_grad():
         assert torch.equal(back.model(ids).logits, before)
-    assert measure(back.model).size_bytes == measure(tiny.model).size_bytes
-    same = installed(back.model).get(EMB) is installed(back.model).get(HEAD)
+    assert measure(back.quantized).size_bytes == measure(tiny.quantized).size_bytes
+    same = back.quantized.installed.get(EMB) is back.quantized.installed.get(HEAD)
     assert same == (layers.get(EMB) == layers.get(HEAD))
 
 
 def test_a_lookup_dequantizes_only_the_rows_it_gathers(tiny, monkeypatch):
-    quantize_(tiny.model, resolve(tiny, {EMB: LayerConfig(4, 32)}), device=CPU, dtype=F32)
-    layer = installed(tiny.model)[EMB]
+    tiny.quantized.apply(resolve(tiny, {EMB: LayerConfig(4, 32)}), device=CPU, dtype=F32)
+    layer = tiny.quantized.installed[EMB]
     monkeypatch.setattr(type(layer), "dequantize",
                         lambda self: pytest.fail("the whole table was dequantized"))
     emb = tiny.model.model.embed_tokens
@@ -138,7 +138,7 @@ def test_position_embeddings_are_quantized_with_their_own_forward(tmp_path):
         with torch.no_grad():
             before = loaded.model(ids).logits
         layers = {n: LayerConfig(8, 64) for n in names}
-        quantize_(loaded.model, resolve(loaded, layers), device=CPU, dtype=F32)
+        loaded.quantized.apply(resolve(loaded, layers), device=CPU, dtype=F32)
         assert isinstance(loaded.model.get_submodule(names[1]), nn.Embedding)
         with torch.no_grad():
             after = loaded.model(ids).logits

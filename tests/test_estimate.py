@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from autoq.estimate import Z, estimate
+from autoq.search.estimate import Z, estimate
 
 
 def _windows(n=40, seed=0):
@@ -50,7 +50,7 @@ def test_without_a_usable_reference_anything_is_possible():
 
 
 def test_few_units_widen_the_interval_like_students_t():
-    from autoq.estimate import Estimate, t_quantile
+    from autoq.search.estimate import Estimate, t_quantile
 
     assert t_quantile(3.0, math.inf) == 3.0
     assert 4.30 * 0.9 < t_quantile(3.0, 9) < 4.30      # the exact t(0.99865, 9) is 4.30

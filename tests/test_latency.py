@@ -12,12 +12,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from autoq import latency, speed
-from autoq.latency import LatencyModel, bench_layer, layer_key, timing_layer
+from autoq.serve import latency, speed
+from autoq.serve.latency import LatencyModel, bench_layer, layer_key, timing_layer
 from autoq.models import LoadedModel, load_model
-from autoq.kinds import KINDS
-from autoq.plan import LayerConfig
-from autoq.quant import quantize_
+from autoq.models.kinds import KINDS
+from autoq.quant import LayerConfig
 
 CPU = torch.device("cpu")
 Q4, Q3 = LayerConfig(4, 64), LayerConfig(3, 64)
@@ -92,7 +91,7 @@ def test_for_model_measures_each_pair_once_and_caches(tiny_llama_dir, tmp_path, 
     loaded = tiny_lm(tiny_llama_dir)
     shapes = loaded.shapes()
     opts = [LayerConfig(4, 32), LayerConfig(8, 128)]  # 8:128 fits only the 128-in layers
-    quantize_(loaded.model, {n: opts[0] for n in shapes}, device=CPU, dtype=torch.float32)
+    loaded.quantized.apply({n: opts[0] for n in shapes}, device=CPU, dtype=torch.float32)
     measured, lookups = [], []
     real, real_lookup = latency.bench_layer, latency.bench_lookup
     monkeypatch.setattr(latency, "bench_layer",
@@ -196,8 +195,7 @@ def lively_lm() -> LoadedModel:
 
 def test_static_decoder_matches_generate():
     loaded = lively_lm()
-    quantize_(loaded.model, {n: LayerConfig(4, 32) for n in loaded.shapes()}, device=CPU,
-              dtype=torch.float32)
+    loaded.quantized.apply({n: LayerConfig(4, 32) for n in loaded.shapes()}, device=CPU, dtype=torch.float32)
     _, tokens = speed.StaticDecoder(loaded, 10, "eager").run()
     ids = speed.prompt_ids(loaded)
     with torch.inference_mode():
@@ -213,7 +211,7 @@ def test_a_decode_step_reads_nothing_back_to_the_host(cfg, monkeypatch):
     GPU, a sync: CUDA-graph capture fails on it, or bakes the value in): the static
     cache keeps its position in a device tensor."""
     loaded = lively_lm()
-    quantize_(loaded.model, {n: cfg for n in loaded.shapes()}, device=CPU, dtype=torch.float32)
+    loaded.quantized.apply({n: cfg for n in loaded.shapes()}, device=CPU, dtype=torch.float32)
     dec = speed.StaticDecoder(loaded, 4, "eager")
     tok = dec._prefill()
     reads = []

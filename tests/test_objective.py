@@ -13,19 +13,20 @@ import optuna
 import pytest
 from typer.testing import CliRunner
 
-from autoq import latency
+from autoq.serve import latency
 from autoq import study as contract
 from autoq.cli import app
-from autoq.evaluate import EvalSettings
-from autoq.kinds import KINDS
-from autoq.latency import LatencyModel, layer_key
-from autoq.plan import LayerConfig, label_of
+from autoq.pipeline.evaluator import EvalSettings
+from autoq.models.kinds import KINDS
+from autoq.serve.latency import LatencyModel, layer_key
+from autoq.quant import LayerConfig, label_of
 from autoq.search import knapsack
 from autoq.search import prior as priors
-from autoq.search.sampler import SAMPLERS, SensitivitySampler, inputs_for, propose
+from autoq.search import SAMPLERS
+from autoq.search.sampler import SensitivitySampler, inputs_for, propose
 from autoq.search.session import SearchSettings, study_name
 from autoq.search.space import Choice
-from autoq.target import Target
+from autoq.metrics import Target
 
 runner = CliRunner()
 Q8, Q4, Q3 = LayerConfig(8, 64), LayerConfig(4, 64), LayerConfig(3, 64)

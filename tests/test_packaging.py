@@ -87,7 +87,7 @@ def test_the_wheel_installs_into_a_fresh_venv_and_searches(tmp_path, tiny_llama_
     result = json.loads(out)
     assert result["finished"] == 2 and result["best"]["plan"] == "best.json"
     assert (work / "results" / "w" / "best.json").exists()
-    shipped = run([python, "-c", "from autoq.resources import resource_dir; "
+    shipped = run([python, "-c", "from autoq.io import resource_dir; "
                    "print(resource_dir('eval'), resource_dir('search_spaces'))"],
                   cwd=work, env=env).stdout.split()
     assert all(Path(p).is_relative_to(site / "autoq" / "_data") for p in shipped), shipped

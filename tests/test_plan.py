@@ -11,7 +11,9 @@ from typer.testing import CliRunner
 
 from autoq.cli import app
 from autoq.errors import UserError
-from autoq.plan import FORMAT, LayerConfig, Plan, uniform_plan
+from autoq.plan import FORMAT, Plan, uniform_plan
+from autoq.quant import METHODS
+from autoq.quant import LayerConfig
 
 # (in_features, out_features) like a tiny model's: a 64-wide block and a 100-way head
 SHAPES = {"blocks.0.attn.qkv": (64, 192), "blocks.0.mlp.fc2": (256, 64), "head": (64, 100)}
@@ -103,10 +105,8 @@ def test_packing_constraint_matches_hqq():
     (which it rejects) is what HQQ's packing cannot do."""
     import torch
 
-    from autoq.quant import quantize_matrix
-
     def quantize_linear(lin, cfg, device, dtype):
-        return quantize_matrix(lin.weight.data, None, cfg, device, dtype)
+        return cfg.quant.quantize(lin.weight.data, None, cfg, device, dtype)
 
     lin = torch.nn.Linear(64, 100, bias=False)
     for nbits, ok in ((1, False), (2, True), (4, True), (8, True), (3, True), (1.58, True)):
@@ -149,7 +149,8 @@ def test_uniform_flag_errors(text):
 
 def test_plans_round_trip_exactly(tmp_path):
     text = json.dumps({
-        "format": FORMAT, "model": "hf:/some/dir",
+        "format": FORMAT, "model": "hf:/some/dir", "method": "hqq",
+        "methods": {"hqq": METHODS.get("hqq").version()},
         "layers": {"blocks.0.attn.qkv": {"nbits": 1.58, "group_size": 16},
                    "blocks.0.mlp.fc2": None, "head": {"nbits": 8, "group_size": None}},
         "default": {"nbits": 4, "group_size": 64},

@@ -1,4 +1,4 @@
-"""quantize_: equal to HQQ used directly, re-applicable, restorable; the layer cache
+"""QuantizedModel.apply: equal to HQQ used directly, re-applicable, restorable; the layer cache
 quantizes each (layer, nbits, group_size) pair once and never serves a stale entry."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 from autoq.models import load_model
-from autoq.plan import LayerConfig
-from autoq.quant import LayerCache, quantize_
-from autoq.quant import shapes as linear_shapes
+from autoq.quant import LayerConfig
+from autoq.quant.cache import LayerCache
+from autoq.quant.model import QuantizedModel
 
 CPU = torch.device("cpu")
 F32 = torch.float32
@@ -27,8 +27,8 @@ MIXED = {"model.layers.0.self_attn.q_proj": LayerConfig(8, 64),
          "model.layers.1.self_attn.v_proj": None}
 
 
-def full(resolved, model):
-    return {n: resolved.get(n) for n in linear_shapes(model)}
+def full(resolved, qm):
+    return {n: resolved.get(n) for n in qm.units}
 
 
 def hqq_reference(linear: nn.Linear, cfg: LayerConfig):
@@ -50,6 +50,12 @@ def llama(tiny_llama_dir):
     return load_model(f"hf:{tiny_llama_dir}")
 
 
+def quantize(model, plan, cache):
+    """`plan` (over some layers) on a model not quantized before."""
+    qm = QuantizedModel(model)
+    return qm.apply(full(plan, qm), device=CPU, dtype=F32, cache=cache)
+
+
 def logits(model, ids):
     with torch.inference_mode():
         return model(ids).logits
@@ -59,14 +65,14 @@ IDS = torch.arange(3, 40).remainder(80)[None] + 3
 
 
 def test_quantize_equals_direct_hqq(llama):
-    model = llama.model
+    model, qm = llama.model, llama.quantized
     originals = {n: copy.deepcopy(m) for n, m in model.named_modules() if isinstance(m, nn.Linear)}
     reference = copy.deepcopy(model)
-    quantize_(model, full(MIXED, model), device=CPU, dtype=F32)
+    qm.apply(full(MIXED, qm), device=CPU, dtype=F32)
     for name, cfg in MIXED.items():
         ours = model.get_submodule(name)
         if cfg is None:
-            assert ours is llama.model._autoq_originals[name]
+            assert ours is qm.originals[name]
             continue
         ref, fp32_meta = hqq_reference(originals[name], cfg)
         reference.set_submodule(name, ref)
@@ -91,43 +97,44 @@ def test_quantize_vit_equals_direct_hqq(tiny_vit_checkpoint):
     reference = copy.deepcopy(model)
     for name, cfg in plan.items():
         reference.set_submodule(name, hqq_reference(model.get_submodule(name), cfg)[0])
-    quantize_(model, full(plan, model), device=CPU, dtype=F32)
+    qm = QuantizedModel(model)
+    qm.apply(full(plan, qm), device=CPU, dtype=F32)
     x = torch.randn(2, 3, 32, 32)
     with torch.inference_mode():
         assert torch.equal(model(x), reference(x))
 
 
 def test_reapply_and_restore(llama, tiny_llama_dir):
-    model = llama.model
+    model, qm = llama.model, llama.quantized
     before = logits(model, IDS)
     linears = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
     other = {n: LayerConfig(4, 64) for n in MIXED}
-    fresh = load_model(f"hf:{tiny_llama_dir}").model
-    quantize_(fresh, full(other, fresh), device=CPU, dtype=F32)
+    fresh = load_model(f"hf:{tiny_llama_dir}")
+    fresh.quantized.apply(full(other, fresh.quantized), device=CPU, dtype=F32)
 
-    quantize_(model, full(MIXED, model), device=CPU, dtype=F32)
+    qm.apply(full(MIXED, qm), device=CPU, dtype=F32)
     mixed = logits(model, IDS)
     assert not torch.equal(mixed, before)
-    quantize_(model, full(other, model), device=CPU, dtype=F32)  # another plan in place
-    assert torch.equal(logits(model, IDS), logits(fresh, IDS))
-    quantize_(model, {n: None for n in linear_shapes(model)}, device=CPU, dtype=F32)
+    qm.apply(full(other, qm), device=CPU, dtype=F32)  # another plan in place
+    assert torch.equal(logits(model, IDS), logits(fresh.model, IDS))
+    qm.apply({n: None for n in qm.units}, device=CPU, dtype=F32)
     assert torch.equal(logits(model, IDS), before)
     for name, module in model.named_modules():
         if name in linears:
             assert module is linears[name]
     embeddings = {n: (m.embedding_dim, m.num_embeddings) for n, m in model.named_modules()
                   if isinstance(m, nn.Embedding)}
-    assert linear_shapes(model) == {**{n: (m.in_features, m.out_features)
-                                       for n, m in linears.items()}, **embeddings}
+    assert qm.shapes() == {**{n: (m.in_features, m.out_features)
+                              for n, m in linears.items()}, **embeddings}
 
 
 def test_cache_quantizes_each_pair_once(llama):
-    model = llama.model
+    qm = llama.quantized
     cache = LayerCache()
     plan_b = {**MIXED, "model.layers.0.self_attn.q_proj": LayerConfig(4, 64),
               "model.layers.1.mlp.down_proj": LayerConfig(8, 64)}
     for plan in (MIXED, plan_b, MIXED, plan_b, MIXED):
-        quantize_(model, full(plan, model), device=CPU, dtype=F32, cache=cache)
+        qm.apply(full(plan, qm), device=CPU, dtype=F32, cache=cache)
     pairs = {(n, c) for p in (MIXED, plan_b) for n, c in p.items() if c is not None}
     assert len(cache.quantized) == len(set(cache.quantized)) == len(pairs)
     assert set(cache.quantized) == pairs
@@ -135,21 +142,21 @@ def test_cache_quantizes_each_pair_once(llama):
 
 def test_disk_cache_reused_across_caches_and_keyed_by_weights(tmp_path, tiny_llama_dir,
                                                               monkeypatch):
-    import autoq.quant as q
+    import autoq.quant.hqq as q
 
     folder = tmp_path / "layers"
     planned = {n: c for n, c in MIXED.items() if c is not None}
 
     first = load_model(f"hf:{tiny_llama_dir}").model
     cache1 = LayerCache(folder)
-    quantize_(first, full(MIXED, first), device=CPU, dtype=F32, cache=cache1)
+    quantize(first, MIXED, cache=cache1)
     assert len(cache1.quantized) == len(planned) and cache1.disk_hits == 0
     assert len(list(folder.glob("*.pt"))) == len(planned)
     expected = logits(first, IDS)
 
     second = load_model(f"hf:{tiny_llama_dir}").model  # another process, same weights
     cache2 = LayerCache(folder)
-    quantize_(second, full(MIXED, second), device=CPU, dtype=F32, cache=cache2)
+    quantize(second, MIXED, cache=cache2)
     assert cache2.quantized == [] and cache2.disk_hits == len(planned)
     assert torch.equal(logits(second, IDS), expected)
     for name in planned:  # loaded entries keep 16-bit scale/zero like fresh ones
@@ -159,14 +166,14 @@ def test_disk_cache_reused_across_caches_and_keyed_by_weights(tmp_path, tiny_lla
     with torch.no_grad():
         changed.get_submodule("model.layers.0.mlp.down_proj").weight[0, 0] += 1e-3
     cache3 = LayerCache(folder)
-    quantize_(changed, full(MIXED, changed), device=CPU, dtype=F32, cache=cache3)
+    quantize(changed, MIXED, cache=cache3)
     assert cache3.quantized == [("model.layers.0.mlp.down_proj", LayerConfig(2, 16))]
     assert cache3.disk_hits == len(planned) - 1
 
     monkeypatch.setattr(q, "version", lambda pkg: "0.0.0-other" if pkg == "hqq" else "1")
     other_hqq = load_model(f"hf:{tiny_llama_dir}").model
     cache4 = LayerCache(folder)
-    quantize_(other_hqq, full(MIXED, other_hqq), device=CPU, dtype=F32, cache=cache4)
+    quantize(other_hqq, MIXED, cache=cache4)
     assert cache4.disk_hits == 0 and len(cache4.quantized) == len(planned)
 
 
@@ -174,12 +181,12 @@ def test_corrupt_cache_entry_is_recomputed(tmp_path, tiny_llama_dir):
     folder = tmp_path / "layers"
     plan = {"model.layers.0.self_attn.q_proj": LayerConfig(4, 32)}
     model = load_model(f"hf:{tiny_llama_dir}").model
-    quantize_(model, full(plan, model), device=CPU, dtype=F32, cache=LayerCache(folder))
+    quantize(model, plan, cache=LayerCache(folder))
     expected = logits(model, IDS)
     (entry,) = folder.glob("*.pt")
     entry.write_bytes(b"not a torch file")
     again = load_model(f"hf:{tiny_llama_dir}").model
     cache = LayerCache(folder)
-    quantize_(again, full(plan, again), device=CPU, dtype=F32, cache=cache)
+    quantize(again, plan, cache=cache)
     assert cache.disk_hits == 0 and len(cache.quantized) == 1
     assert torch.equal(logits(again, IDS), expected)

@@ -13,7 +13,8 @@ import pytest
 from typer.testing import CliRunner
 
 from autoq.cli import app
-from autoq.plan import LayerConfig, Plan
+from autoq.quant import LayerConfig
+from autoq.plan import Plan
 from autoq.report import heatmap, load, panels, rows
 from autoq import study as contract
 from autoq.study import front_of

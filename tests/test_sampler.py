@@ -8,7 +8,8 @@ import optuna
 import pytest
 
 from autoq.search import knapsack
-from autoq.search.sampler import SAMPLERS, SamplerInputs, calibrated_budget, propose
+from autoq.search import SAMPLERS
+from autoq.search.sampler import SamplerInputs, calibrated_budget, propose
 
 
 def _toy(n=30, seed=0):

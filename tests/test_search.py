@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 
 from autoq.cli import app
 from autoq.errors import UserError
-from autoq.plan import LayerConfig, Plan
+from autoq.quant import LayerConfig
+from autoq.plan import Plan
 from autoq.search import knapsack
 from autoq.search.space import parse_space
 
@@ -248,7 +249,7 @@ def test_target_kind_must_match_the_task(tmp_path, tiny_llama_dir, tiny_text_fil
 def test_fast_scoring_gives_the_same_metric_and_restores_hqq_layers(tiny_llama_dir, tiny_text_file):
     from hqq.core.quantize import HQQLinear
 
-    from autoq.evaluate import EvalSettings, Evaluator
+    from autoq.pipeline.evaluator import EvalSettings, Evaluator
 
     ev = Evaluator(EvalSettings(model=f"hf:{tiny_llama_dir}", task="wikitext2",
                                 data=str(tiny_text_file), seq_len=32, limit=3))
@@ -264,7 +265,7 @@ def test_fast_scoring_gives_the_same_metric_and_restores_hqq_layers(tiny_llama_d
 
 
 def test_scoring_can_stop_and_continue_where_it_stopped(tiny_llama_dir, tiny_text_file):
-    from autoq.evaluate import EvalSettings, Evaluator
+    from autoq.pipeline.evaluator import EvalSettings, Evaluator
 
     ev = Evaluator(EvalSettings(model=f"hf:{tiny_llama_dir}", task="wikitext2",
                                 data=str(tiny_text_file), seq_len=32, limit=12))

@@ -12,7 +12,7 @@ import torch
 from typer.testing import CliRunner
 
 from autoq.cli import app
-from autoq.plan import LayerConfig
+from autoq.quant import LayerConfig
 from autoq.search.trial import TrialRunner
 from searchkit import search_args
 

@@ -9,12 +9,12 @@ import math
 import pytest
 
 from autoq import study as contract
-from autoq.estimate import Estimate
-from autoq.plan import LayerConfig
+from autoq.search.estimate import Estimate
+from autoq.quant import LayerConfig
 from autoq.search import prior
 from autoq.search.finalize import to_measure
 from autoq.search.space import Choice
-from autoq.target import Target
+from autoq.metrics import Target
 
 PPL = Target("ppl", 30.0)
 ACC = Target("accuracy", 0.9, higher_is_better=True, max_size_mib=100.0)
@@ -28,7 +28,7 @@ def test_target_meets_quality_and_size():
                                                                              "size_mib": 101})
     assert not ACC.meets({"accuracy": 0.95})   # capped, and the size is unknown
     assert Target("ppl", None).meets({"ppl": 1e9}) and Target("ppl", None).text() == "no target"
-    assert PPL.text() == "ppl ≤ 30.00" and ACC.text() == "accuracy ≥ 90.0%"
+    assert PPL.text() == "ppl ≤ 30.00" and ACC.text() == "accuracy ≥ 90.00%"  # one format: autoq.metrics
 
 
 def test_target_constraints_are_feasible_when_not_positive():

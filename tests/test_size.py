@@ -8,13 +8,13 @@ import pytest
 import torch
 from torch import nn
 
-from autoq import saved
+from autoq.models import saved
 from autoq.models import load_model
-from autoq.plan import LayerConfig, Plan
+from autoq.quant import LayerConfig
+from autoq.plan import Plan
 from autoq.search.prior import layer_bits
-from autoq.quant import quantize_
-from autoq.quant import shapes as linear_shapes
-from autoq.size import measure, saved_tensor_bytes
+from autoq.quant.model import quantize_
+from autoq.quant.size import measure, saved_tensor_bytes
 
 CPU = torch.device("cpu")
 
@@ -33,8 +33,8 @@ def test_bits_per_weight_formula(nbits, group, fin, expected):
 def test_measured_bits_equal_formula(nbits, group, fin, fout, expected):
     """On real HQQ layers: packed weight + fp16 scale + fp16 zero bytes, exactly."""
     model = nn.Sequential(nn.Linear(fin, fout, bias=False), nn.LayerNorm(fout))
-    quantize_(model, {"0": LayerConfig(nbits, group)}, device=CPU, dtype=torch.float32)
-    size = measure(model)
+    qm = quantize_(model, {"0": LayerConfig(nbits, group)}, device=CPU, dtype=torch.float32)
+    size = measure(qm)
     assert size.bits_per_weight == expected
     assert size.quantized_params == fin * fout
     ln_bytes = 2 * fout * 2           # LayerNorm weight and bias, stored in 16 bits
@@ -46,8 +46,8 @@ def test_measured_bits_equal_formula(nbits, group, fin, fout, expected):
 
 def test_bias_counted_as_stored():
     model = nn.Sequential(nn.Linear(64, 32, bias=True))
-    quantize_(model, {"0": LayerConfig(4, 64)}, device=CPU, dtype=torch.float32)
-    size = measure(model)
+    qm = quantize_(model, {"0": LayerConfig(4, 64)}, device=CPU, dtype=torch.float32)
+    size = measure(qm)
     assert size.bits_per_weight == 4.5  # the bias is not a quantized weight
     assert size.size_bytes == 64 * 32 * 4.5 / 8 + 32 * 2   # bias at 16 bits
 
@@ -64,7 +64,7 @@ def test_unquantized_size_is_sum_of_tensors_tied_once(tiny_llama_dir):
     persistent = sum(b.numel() * b.element_size() for n, b in model.named_buffers()
                      if n.rpartition(".")[2] not in
                      model.get_submodule(n.rpartition(".")[0])._non_persistent_buffers_set)
-    size = measure(model)
+    size = measure(loaded.quantized)
     assert size.size_bytes == (unique + persistent) // 2     # fp32 held, 16 bits stored
     assert size.memory_mib == (unique + persistent) / 2**20
     assert size.bits_per_weight == 16.0
@@ -75,14 +75,14 @@ def test_quantized_size_counts_tied_embedding_once(tiny_llama_dir):
     loaded = load_model(f"hf:{tiny_llama_dir}")
     model = loaded.model
     emb = model.model.embed_tokens.weight
-    shapes = linear_shapes(model)
+    shapes = loaded.shapes()
     resolved = {n: (None if n in ("lm_head", "model.embed_tokens") else LayerConfig(4, 32))
                 for n in shapes}
-    quantize_(model, resolved, device=CPU, dtype=torch.float32)
+    loaded.quantized.apply(resolved, device=CPU, dtype=torch.float32)
     others = sum(p.numel() * 2 for n, p in model.named_parameters()  # dedups the tied head
                  if not n.endswith(".W_q"))  # (HQQ keeps W_q as a parameter)
     quantized = sum(layer_bits(shapes[n], c, 32.0) for n, c in resolved.items() if c) / 8
-    size = measure(model)
+    size = measure(loaded.quantized)
     assert size.bits_per_weight == 5.0
     assert size.size_bytes == quantized + others
     assert model.lm_head.weight is emb and others >= emb.numel() * 2
@@ -99,11 +99,11 @@ def test_size_equals_saved_tensor_bytes(tmp_path, tiny_llama_dir, tiny_vit_check
         spec, path = tiny_vit_checkpoint
         loaded = load_model(f"timm:{spec}", checkpoint=str(path))
         plan = Plan(loaded.spec, {"head": LayerConfig(8, 64)}, default=LayerConfig(2, 16))
-    quantize_(loaded.model, plan.resolve(loaded.shapes(), loaded.keep()), device=CPU,
-              dtype=torch.float32)
-    size = measure(loaded.model)
+    loaded.quantized.apply(plan.resolve(loaded.shapes(), loaded.keep()), device=CPU,
+                           dtype=torch.float32)
+    size = measure(loaded.quantized)
     out = saved.save(loaded, plan, tmp_path / "q")
     file_bytes = saved_tensor_bytes(torch.load(out / saved.WEIGHTS, weights_only=True))
     assert abs(file_bytes - size.size_bytes) <= 0.01 * size.size_bytes
     back = saved.load(out, CPU, torch.float32)
-    assert measure(back.model).size_bytes == size.size_bytes
+    assert measure(back.quantized).size_bytes == size.size_bytes

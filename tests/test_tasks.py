@@ -14,7 +14,7 @@ import torch
 
 from autoq.errors import UserError
 from autoq.models import LoadedModel, load_model
-from autoq.kinds import KINDS
+from autoq.models.kinds import KINDS
 from autoq.tasks import get_task
 from autoq.tasks.cifar100 import read_pickle
 from autoq.tasks.wikitext2 import windows
@@ -196,7 +196,7 @@ def test_kl_from_the_fp_model_by_hand(fake_lm, text_file):
 
 
 def test_top_k_kl_never_exceeds_the_exact_kl_and_equals_it_over_the_whole_support():
-    from autoq import kld
+    from autoq.tasks import kld
 
     g = torch.Generator().manual_seed(0)
     p, q = torch.randn(5, 50, generator=g) * 3, torch.randn(5, 50, generator=g) * 3

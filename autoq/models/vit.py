@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .. import hub
+from . import hub
 from ..errors import UserError
-from . import LoadedModel, register
+from .base import LoadedModel, register
 
 DEIT = "deit_small_patch16_224"
 DEIT_KWARGS: dict = {}  # architecture overrides (tests use a tiny stand-in here)
@@ -91,17 +91,6 @@ def read_checkpoint(path: str) -> dict:
     return obj
 
 
-def eval_transform(model):
-    """timm's eval transform for `model`, at the image size it was built for (a model
-    created with `img_size=32` keeps its pretrained config's 224 otherwise)."""
-    from timm.data import create_transform, resolve_data_config
-
-    from ..speed import vit_input_size
-
-    config = resolve_data_config({"input_size": vit_input_size(model)}, model=model)
-    return create_transform(**config, is_training=False)
-
-
 def _detail(e: Exception) -> str:
     """The telling line of an exception's text (torch puts it second), shortened."""
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
@@ -162,7 +151,7 @@ def with_hub_weights(name: str, kwargs: dict, model, what: str):
 def load_vit(name: str, kwargs: dict, device, dtype, checkpoint: str | None,
              what: str | None = None) -> LoadedModel:
     """`what`: how the user named the model, for the messages (default timm:<name>)."""
-    from ..kinds import KINDS
+    from .kinds import KINDS
 
     what = what or f"--model timm:{name}"
     hub_weights = wants_hub_weights(kwargs, checkpoint, what)
@@ -182,7 +171,8 @@ def load_vit(name: str, kwargs: dict, device, dtype, checkpoint: str | None,
                             "give a state dict of that architecture.")
     model.to(device=device, dtype=dtype)
     arch = {"family": "timm", "name": name, "kwargs": kwargs}
-    return LoadedModel("", KINDS["vit"], model, device, dtype, transform=eval_transform(model),
+    kind = KINDS["vit"]
+    return LoadedModel("", kind, model, device, dtype, transform=kind.transform(model),
                        arch=arch)
 
 

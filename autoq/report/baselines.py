@@ -13,7 +13,7 @@ from pathlib import Path
 from .. import study as contract
 from ..errors import UserError
 from ..io import write_json
-from ..plan import FP
+from ..quant import FP
 from ..search.references import measure
 from ..progress import say
 from .data import Study
@@ -28,7 +28,7 @@ def missing(study: Study) -> list[str]:
 
 def fill(study: Study) -> dict[str, dict]:
     """Evaluate and store the missing reference points; returns the new ones."""
-    from ..evaluate import EvalSettings, Evaluator
+    from ..pipeline.evaluator import EvalSettings, Evaluator
 
     todo = missing(study)
     if not todo:

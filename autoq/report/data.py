@@ -20,28 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from ..plan import FP
+from ..quant import FP
 from ..study import best as best_of
 from ..study import front as front_by
 from ..study import number
-from ..target import Target
+from ..metrics import Target
 
-METRIC_NAME = {"ppl": "perplexity", "accuracy": "top-1 accuracy",
-               "kld": "KL divergence from the unquantized model"}
-METRIC_SHORT = {"ppl": "ppl", "accuracy": "accuracy", "kld": "KL"}
-SPEED_UNIT = {"tokens_per_s": "tokens/s", "images_per_s": "images/s"}
-PER = {"tokens_per_s": "token", "images_per_s": "image"}
-SPLITS = ("search", "report")
 SIGNAL_NAME = {"sensitivity": "one-shot: sensitivity knapsack",
                "single-layer-kl": "one-shot: single-layer-KL knapsack"}
-
-
-def fmt_metric(metric: str, value: float | None, with_name: bool = True) -> str:
-    if value is None:
-        return "—"
-    text = f"{value:.2%}" if metric == "accuracy" else f"{value:.4g}" if metric == "kld" \
-        else f"{value:.2f}"
-    return f"{METRIC_SHORT.get(metric, metric)} {text}" if with_name else text
 
 
 def slug(name: str) -> str:

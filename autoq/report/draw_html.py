@@ -10,9 +10,10 @@ from typing import Sequence
 
 import plotly.graph_objects as go
 
-from ..plan import FP
+from ..quant import FP
 from . import gap
-from .data import Study, Trial, best_trial, fmt_metric, groups, number, source_of
+from ..metrics import fmt
+from .data import Study, Trial, best_trial, groups, number, source_of
 from .heatmap import heatmap, plan_summary
 from .panels import Panel
 from .rows import (baseline_rows, best_note, caption, chosen, columns, counts, front_rows,
@@ -35,16 +36,14 @@ def _trial_hover(study: Study, t: Trial | None, plans: dict[int, str], split: st
     for metric in study.metrics_shown:
         for sp in ("search", "report"):
             if (q := study.quality(m, sp, metric)) is not None:
-                lines.append(f"{fmt_metric(metric, q)} ({sp} split)")
+                lines.append(f"{fmt(metric, q, True)} ({sp} split)")
     if (f := number(m.get("fraction"))) is not None and f < 1:
         lines[1] += f" (estimated from {f:.0%} of the data)"
-    for key, fmt in (("size_mib", "{:.1f} MiB"), ("bits_per_weight", "{:.2f} bits/weight"),
-                     (study.speed_key, "{:.3g} " + study.speed_key.replace("_per_s", "/s")),
-                     ("latency_ms", "{:.3g} ms")):
+    for key in ("size_mib", "bits_per_weight", study.speed_key, "latency_ms"):
         if (v := number(m.get(key))) is not None:
             predicted = key in (study.speed_key, "latency_ms") and source_of(m, key) == \
                 "predicted"
-            lines.append(fmt.format(v) + (" (predicted)" if predicted else ""))
+            lines.append(fmt(key, v) + (" (predicted)" if predicted else ""))
     if t is not None:
         lines.append(plan_summary(t.layers))
         plan = study.plan_path(t.plan) if t.plan else plans.get(t.number)
@@ -104,7 +103,7 @@ def pareto(panel: Panel) -> go.Figure:
                         hoverinfo="skip", showlegend=False, legendgroup=o.label)
         _markers(fig, o.points, o.label, o.label, "#555", symbol, 10,
                  lambda p, o=o: f"<b>{html.escape(o.label)}</b> at {p.label} bits/weight<br>"
-                                f"{fmt_metric(panel.metric, p.y)} ({panel.split} split)<br>"
+                                f"{fmt(panel.metric, p.y, True)} ({panel.split} split)<br>"
                                 f"{html.escape(panel.x_label)}: {p.x:.4g}"
                                 + (" (predicted)" if p.predicted else "")
                                 + ("<br>beyond the axes: drawn at the edge" if p.note else ""),
@@ -120,7 +119,7 @@ def pareto(panel: Panel) -> go.Figure:
                             else 13, color="#bbb" if name[0] == "u" else "black",
                             line=dict(width=1.5, color="#111")),
                 hovertext=[f"{'uniform ' if r.label != FP else ''}{r.label}<br>"
-                           f"{fmt_metric(panel.metric, r.y)} ({panel.split} split)<br>"
+                           f"{fmt(panel.metric, r.y, True)} ({panel.split} split)<br>"
                            f"{html.escape(panel.x_label)}: {r.x:.4g}" for r in group],
                 hoverinfo="text")
     notes = [t for t in (*panel.subtitle.split("\n"), panel.note) if t]

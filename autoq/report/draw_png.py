@@ -16,7 +16,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, PercentFormatter  # noqa: E402
 
-from ..plan import FP  # noqa: E402
+from ..quant import FP  # noqa: E402
 from .data import Study  # noqa: E402
 from .heatmap import Heatmap, heatmap  # noqa: E402
 from .labels import place  # noqa: E402

@@ -13,8 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping
 
-from .data import (METRIC_SHORT, SIGNAL_NAME, SPLITS, Study, Trial, fmt_metric, number,
-                   pareto_trials)
+from ..metrics import METRICS, fmt
+from ..tasks import SPLITS
+from .data import SIGNAL_NAME, Study, Trial, number, pareto_trials
 
 EPS = 1e-9
 
@@ -102,7 +103,7 @@ def fmt_delta(metric: str, d: float | None, base: float | None) -> str:
 
 
 def columns(study: Study) -> list[str]:
-    q = METRIC_SHORT.get(study.metric, study.metric)
+    q = METRICS[study.metric].short
     x = "ms" if objective(study) == "latency" else "size MiB"
     cols = ["one-shot plan", "bits/weight", x, f"{q} search",
             f"front plan at ≤ that {objective(study)}", "front trial", f"front {x}",
@@ -120,13 +121,13 @@ def rows(study: Study) -> list[dict]:
         x = number(m.get(at))
         fx = number(f.metrics.get(at)) if f else None
         cells = [g.label, _num(number(m.get("bits_per_weight")), ".2f"), _num(x, ".4g"),
-                 fmt_metric(study.metric, g.quality["search"][0], False),
+                 fmt(study.metric, g.quality["search"][0]),
                  (study.plan_path(f.plan) or "—") if f else "none this small",
                  "—" if f is None or f.number is None else str(f.number), _num(fx, ".4g"),
-                 fmt_metric(study.metric, g.quality["search"][1], False),
+                 fmt(study.metric, g.quality["search"][1]),
                  fmt_delta(study.metric, g.delta("search"), g.quality["search"][0]),
-                 fmt_metric(study.metric, g.quality["report"][0], False),
-                 fmt_metric(study.metric, g.quality["report"][1], False),
+                 fmt(study.metric, g.quality["report"][0]),
+                 fmt(study.metric, g.quality["report"][1]),
                  fmt_delta(study.metric, g.delta("report"), g.quality["report"][0])]
         out.append(dict(zip(cols, cells)))
     return out
@@ -145,7 +146,7 @@ def summary(study: Study) -> list[str]:
                  if (ds := [(d, g.quality[split][0]) for g in gs
                             if (d := g.delta(split)) is not None])]
         missing = sum(g.front is None for g in gs)
-        line = f"{SIGNAL_NAME.get(signal, signal)}: Δ {METRIC_SHORT.get(study.metric)} " + \
+        line = f"{SIGNAL_NAME.get(signal, signal)}: Δ {METRICS[study.metric].short} " + \
             ("; ".join(parts) if parts else "—") + f" over {len(gs) - missing} budget(s)"
         if missing:
             line += f"; {missing} one-shot plan(s) smaller than every front plan"

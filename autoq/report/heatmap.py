@@ -6,8 +6,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from ..plan import FP, LayerConfig, label_of
-from ..structure import from_names
+from ..quant import FP, LayerConfig, label_of
+from ..models.structure import from_names
 
 FP_BITS = 16.0          # what a layer kept in full precision shows as in the heatmap
 HEAD_ROLES = ("lm_head", "head", "head_dist")

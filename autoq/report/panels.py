@@ -14,10 +14,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
-from ..plan import FP
+from ..quant import FP
 from ..study import front_of
-from .data import (METRIC_NAME, PER, SIGNAL_NAME, SPEED_UNIT, Study, Trial, best_trial,
-                   fmt_metric, groups, number, on_cpu, pareto_trials, source_of, speedup)
+from ..metrics import METRICS, fmt
+from .data import (SIGNAL_NAME, Study, Trial, best_trial, groups, number, on_cpu, pareto_trials,
+                   source_of, speedup)
 
 NEAR = 0.5      # a reference within half the trials' span of them widens the axis
 PAD = 0.05      # margin around the data, in which far reference points sit
@@ -259,7 +260,7 @@ def _refs(ss: Sequence[Series], axis: Axis, metric: str, xs, ys, log: bool) -> l
     for label, x, y in points:
         sx, off_x = _edge(x, xs[0], xs[1], False)
         sy, off = _edge(y, ys[0], ys[1], log)
-        parts = [f"{fmt_metric(metric, y)}" + (f" {'↑' if off > 0 else '↓'}" if off else "")] \
+        parts = [f"{fmt(metric, y, True)}" + (f" {'↑' if off > 0 else '↓'}" if off else "")] \
             if off or off_x else []
         if off_x:
             parts.append(f"{axis.fmt.format(x)} {'→' if off_x > 0 else '←'}")
@@ -277,7 +278,7 @@ def _clip(shots: Sequence[OneShot], axis: Axis, metric: str, xs, ys, log: bool) 
             sy, off = _edge(p.y, ys[0], ys[1], log)
             if off or off_x:
                 p.shown, p.off = (sx, sy), (off_x, off)
-                parts = [fmt_metric(metric, p.y) + (f" {'↑' if off > 0 else '↓'}" if off
+                parts = [fmt(metric, p.y, True) + (f" {'↑' if off > 0 else '↓'}" if off
                                                     else "")]
                 if off_x:
                     parts.append(f"{axis.fmt.format(p.x)} {'→' if off_x > 0 else '←'}")
@@ -333,8 +334,8 @@ def _panel(stem: str, group: list[Study], axis: Axis, split: str, metric: str,
         max(ys) / min(ys) > (3 if metric == "ppl" else 10)
     xs = zoom([p.x for p in moving], [x for x, _ in refs], False)
     yr = zoom(ys, [y for _, y in refs], log_y)
-    unit = SPEED_UNIT.get(first.speed_key, first.speed_key)
-    x_label = axis.label.format(unit=unit, per=PER.get(first.speed_key, "unit"))
+    unit = METRICS[first.speed_key].unit
+    x_label = axis.label.format(unit=unit, per=METRICS[first.speed_key].per)
     better = "higher" if first.higher_is_better else "lower"
     protocol = str(first.meta.get("protocol", "?"))
     subtitle = f"search split: {protocol}" if split == "search" else \
@@ -345,7 +346,7 @@ def _panel(stem: str, group: list[Study], axis: Axis, split: str, metric: str,
         [m for s in group for m in s.baselines.values()]
     cpu = axis.speed is not None and any(on_cpu(m) for m in metrics)
     _clip(shots, axis, metric, xs, yr, log_y)
-    name = METRIC_NAME.get(metric, metric)
+    name = METRICS[metric].title
     return [Panel(
         stem, axis, split,
         title=f"{first.meta.get('model', '?')} · {first.meta.get('task', '?')} — {name} vs "

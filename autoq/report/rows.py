@@ -12,9 +12,10 @@ import math
 from collections import Counter
 from typing import Mapping
 
-from ..plan import FP
-from .data import (METRIC_SHORT, SPEED_UNIT, PER, Study, Trial, best_trial, fmt_metric,
-                   number, pareto_trials, same, source_of, speedup, split_metrics)
+from ..quant import FP
+from ..metrics import METRICS, fmt
+from .data import (Study, Trial, best_trial, number, pareto_trials, same, source_of, speedup,
+                   split_metrics)
 
 PREDICTED = " (predicted)"
 
@@ -37,10 +38,10 @@ def caption(study: Study, kind: str, t: Trial) -> str:
         parts.append(f"trial {t.number}")
     for metric in study.metrics_shown:
         if (q := study.quality(t.metrics, metric=metric)) is not None:
-            parts.append(fmt_metric(metric, q))
-    for key, unit in (("size_mib", "MiB"), ("bits_per_weight", "bits/weight")):
+            parts.append(fmt(metric, q, True))
+    for key in ("size_mib", "bits_per_weight"):
         if (v := number(t.metrics.get(key))) is not None:
-            parts.append(f"{v:.1f} {unit}" if key == "size_mib" else f"{v:.2f} {unit}")
+            parts.append(fmt(key, v))
     return " · ".join(parts)
 
 
@@ -57,7 +58,7 @@ def quality_columns(study: Study) -> list[tuple[str, str, str]]:
     for metric in study.metrics_shown:
         for split in splits:
             if any(number(split_metrics(m, split).get(metric)) is not None for m in every):
-                name = METRIC_SHORT.get(metric, metric)
+                name = METRICS[metric].short
                 out.append((f"{name} {split}" if len(splits) > 1 else name, metric, split))
     return out
 
@@ -76,8 +77,8 @@ class Layout:
 
     def __init__(self, study: Study):
         self.quality = quality_columns(study)
-        self.speed = SPEED_UNIT.get(study.speed_key, study.speed_key)
-        self.latency = f"ms/{PER.get(study.speed_key, 'unit')}" if _latency(study) else None
+        self.speed = METRICS[study.speed_key].unit
+        self.latency = f"ms/{METRICS[study.speed_key].per}" if _latency(study) else None
         self.columns = ["plan", "trial", *(c for c, _, _ in self.quality), "size MiB",
                         "bits/weight", self.speed, "speedup vs fp",
                         *([self.latency] if self.latency else [])]
@@ -99,14 +100,14 @@ def _row(study: Study, lay: Layout, label: str, trial: str, m: Mapping, best: bo
     row = {"plan": label + (" ★" if best else ""), "trial": trial}
     for name, metric, split in lay.quality:
         value = study.quality(m, split, metric)
-        cell = fmt_metric(metric, value, with_name=False)
+        cell = fmt(metric, value)
         if plan_row and split == "report" and metric == study.metric and value is not None:
             meets = split_metrics(m, "report").get("meets_target")
             if meets is False or (meets is None and not study.goal.reached(value)):
                 cell += " ✗"    # misses the target on the report split
         row[name] = cell
     row["size MiB"] = _short(size, 10, ".1f")
-    row["bits/weight"] = "—" if bits is None else f"{bits:.2f}"
+    row["bits/weight"] = METRICS["bits_per_weight"].format(bits, unit=False)
     row[lay.speed] = _speed_cell(_short(speed, 100, ".0f"), m, study.speed_key)
     row["speedup vs fp"] = _speed_cell("—" if up is None else f"{up:.2f}×", m,
                                        study.speed_key)

@@ -20,7 +20,7 @@ from optuna.trial import TrialState
 from .. import study as contract
 from ..errors import UserError
 from ..io import write_atomic, write_json
-from ..plan import FP, LayerConfig
+from ..quant import FP, LayerConfig
 from . import storage as store
 from .references import References, as_units, report_entry, scored_on
 from .session import Session

@@ -25,7 +25,7 @@ import json
 
 from .. import study as contract
 from ..io import write_json
-from ..plan import FP, label_of
+from ..quant import FP, label_of
 from . import knapsack
 from .prior import Prior
 from .references import References, report_entry, scored_on

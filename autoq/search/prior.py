@@ -15,8 +15,8 @@ from typing import Mapping, Sequence
 import optuna
 
 from .. import study as contract
-from ..plan import FP, LayerConfig
-from ..target import Target
+from ..quant import FP, LayerConfig
+from ..metrics import Target
 from . import knapsack
 from .space import Choice
 

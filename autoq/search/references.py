@@ -21,10 +21,12 @@ from pathlib import Path
 
 from optuna.trial import TrialState
 
-from .. import kld
+from ..tasks import kld
 from .. import study as contract
+from ..errors import deprecated
 from ..io import write_json
-from ..plan import FP, LayerConfig, uniform_plan
+from ..quant import FP, LayerConfig
+from ..plan import uniform_plan
 from .session import Session
 
 
@@ -64,8 +66,13 @@ def measure(ev, label: str, say, split: str = "search") -> dict | None:
 
 
 def as_units(value, metric: str) -> dict[str, list[float]]:
-    """Stored units as metric -> values (studies before KL stored one list)."""
-    return dict(value) if isinstance(value, dict) else {metric: list(value or ())}
+    """Stored units as metric -> values (studies before KL stored one list: deprecated)."""
+    if isinstance(value, dict):
+        return dict(value)
+    if value:
+        deprecated("per-unit values stored as one list (a study written before KL)",
+                   "a new study (metric -> values)")
+    return {metric: list(value or ())}
 
 
 class References:

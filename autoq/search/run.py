@@ -22,13 +22,14 @@ from optuna.trial import TrialState
 from .. import study as contract
 from ..errors import UserError
 from ..io import write_json
-from ..plan import FP
-from ..size import STORED_FLOAT_BYTES
+from ..quant import FP
+from ..quant.size import STORED_FLOAT_BYTES
 from . import prior as priors
 from . import storage as store
 from .finalize import Outcome, best_trial, finalize, write_trials
 from .references import References
-from .sampler import SAMPLERS, inputs_for
+from . import SAMPLERS
+from .sampler import inputs_for
 from .sensitivity import measure_or_load
 from .session import SearchSettings, Session, open_session
 from .trial import FINISHED, TrialRunner, latency_model, metrics_of

@@ -31,7 +31,7 @@ from optuna.distributions import CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from .. import study as contract
-from ..target import Target
+from ..metrics import Target
 from . import knapsack
 from .prior import Prior
 
@@ -67,28 +67,16 @@ def inputs_for(prior: Prior, target: Target, seed: int, prior_trials: int) -> Sa
                          population=max(4, min(16, prior_trials)), resource=prior.resource)
 
 
-SAMPLERS: dict[str, Callable[[SamplerInputs], optuna.samplers.BaseSampler]] = {}
-
-
-def register(name: str):
-    def wrap(make):
-        SAMPLERS[name] = make
-        return make
-    return wrap
-
-
-@register("sensitivity")
-def _sensitivity(i: SamplerInputs) -> optuna.samplers.BaseSampler:
+# ---- the registered samplers (autoq.search.SAMPLERS): SamplerInputs -> an Optuna sampler
+def sensitivity(i: SamplerInputs) -> optuna.samplers.BaseSampler:
     return SensitivitySampler(i)
 
 
-@register("nsga2")
-def _nsga2(i: SamplerInputs) -> optuna.samplers.BaseSampler:
+def nsga2(i: SamplerInputs) -> optuna.samplers.BaseSampler:
     return optuna.samplers.NSGAIISampler(population_size=i.population, seed=i.seed)
 
 
-@register("random")
-def _random(i: SamplerInputs) -> optuna.samplers.BaseSampler:
+def random_sampler(i: SamplerInputs) -> optuna.samplers.BaseSampler:
     return optuna.samplers.RandomSampler(seed=i.seed)
 
 

@@ -21,10 +21,8 @@ from typing import Iterable, Mapping
 import torch
 
 from ..io import write_json
-from ..plan import LayerConfig, label_of
+from ..quant import LayerConfig, label_of
 from ..progress import track
-from ..layers import matrix_of, param_of, view_of
-from ..quant import unquantized
 
 METHOD = "fisher-diag/1"
 
@@ -33,9 +31,10 @@ def fisher_diagonal(ev, samples: int = 8) -> dict[str, torch.Tensor]:
     """Mean squared gradient of the task loss w.r.t. every quantizable matrix, on the
     unquantized model (the plan applied before is applied again afterwards). A tied
     embedding and head share one parameter: its gradient sums both uses."""
-    model, units = ev.loaded.model, ev.loaded.units()
-    with unquantized(model, device=ev.device, dtype=ev.dtype):
-        params = {id(p): p for p in (param_of(model, u) for u in units.values())}
+    qm = ev.loaded.quantized
+    model, units = qm.model, qm.units
+    with qm.unquantized(device=ev.device, dtype=ev.dtype):
+        params = {id(p): p for p in (qm.param(u) for u in units.values())}
         fisher = {k: torch.zeros_like(p, dtype=torch.float32) for k, p in params.items()}
         batches = ev.task.calibration(ev.dataset, samples)
         for p in params.values():
@@ -54,14 +53,14 @@ def fisher_diagonal(ev, samples: int = 8) -> dict[str, torch.Tensor]:
             for p in params.values():
                 p.requires_grad_(False)
                 p.grad = None
-    return {n: view_of(model, u, fisher[id(param_of(model, u))]) for n, u in units.items()}
+    return {n: qm.view(u, fisher[id(qm.param(u))]) for n, u in units.items()}
 
 
 @torch.inference_mode()
 def layer_sensitivities(ev, layer_options: Mapping[str, Iterable[LayerConfig | None]],
                         fisher: Mapping[str, torch.Tensor]) -> dict[str, dict[str, float]]:
     """{layer: {option label: 1/2 sum(F * dW^2)}}; `fp` costs 0."""
-    model, units = ev.loaded.model, ev.loaded.units()
+    qm = ev.loaded.quantized
     out: dict[str, dict[str, float]] = {}
     pairs = [(n, o) for n, opts in layer_options.items() for o in opts]
     for name, cfg in track(pairs, "sensitivity: quantize layers", total=len(pairs)):
@@ -69,9 +68,9 @@ def layer_sensitivities(ev, layer_options: Mapping[str, Iterable[LayerConfig | N
         if cfg is None:
             row[label_of(cfg)] = 0.0
             continue
-        w = matrix_of(model, units[name]).float()
-        q = ev.cache.get(model, units[name], cfg, ev.device, ev.dtype)
-        dw = w - q.dequantize().float().reshape(w.shape)
+        w = qm.matrix(qm.units[name]).float()
+        q = ev.cache.get(qm, qm.units[name], cfg, ev.device, ev.dtype)
+        dw = w - cfg.quant.dequantize(q).float().reshape(w.shape)
         row[label_of(cfg)] = 0.5 * float((fisher[name].to(dw.device) * dw * dw).sum())
     return out
 

@@ -17,13 +17,14 @@ import optuna
 
 from .. import study as contract
 from ..errors import UserError
-from ..layers import tied_groups
-from ..evaluate import EvalSettings, Evaluator
 from ..io import write_json
-from ..plan import LayerConfig, Plan
-from ..target import Target
+from ..metrics import Target
+from ..models.coverage import of_model
+from ..pipeline.evaluator import EvalSettings, Evaluator
+from ..quant import LayerConfig
+from ..plan import Plan
 from . import storage as store
-from .sampler import SAMPLERS
+from . import SAMPLERS
 from .space import Choice, Space, load_space, parse_option
 
 
@@ -126,7 +127,7 @@ def searched_coverage(ev: Evaluator, space: Space, choices: list[Choice]) -> str
     reasons = {**space.unsearched(ev.shapes, ev.loaded.structure),
                **{n: why for n, why in ev.loaded.keep().items() if n not in searched}}
     resolved = {n: (LayerConfig(8, None) if n in searched else None) for n in ev.shapes}
-    cov = ev.coverage(resolved, reasons)
+    cov = of_model(ev.loaded, resolved, reasons)
     line = (f"the space {space.source} searches {len(searched)} of {cov['weight_bearing_layers']}"
             f" weight-bearing layers ({cov['quantized_weight_share']:.1%} of the weights) in "
             f"{len(choices)} choices")
@@ -141,7 +142,7 @@ def _allowed(ev: Evaluator, all_options: bool):
     --all-options), so no searched layer silently falls back."""
     if ev.backend == "hqq" or all_options:
         return lambda cfg, fin, fout: True
-    from ..backends import servable
+    from ..serve.backend import servable
 
     return servable(ev.backend)
 
@@ -164,7 +165,7 @@ def open_session(s: SearchSettings, say: Callable[[str], None] = lambda m: None)
     space = load_space(s.space or ev.loaded.kind.default_space)
     structure = ev.loaded.structure
     choices, fixed = space.bind(ev.shapes, _allowed(ev, s.all_options), structure,
-                                tied_groups(ev.loaded.model))
+                                ev.loaded.quantized.tied_groups())
     say(searched_coverage(ev, space, choices))
     name = s.study or study_name(s, ev.task.name)
     folder = Path(s.out) / name

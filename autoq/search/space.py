@@ -28,19 +28,21 @@ from typing import Callable, Iterable, Mapping
 
 import yaml
 
-from ..errors import UserError
-from ..plan import FP, LayerConfig, label_of
-from ..resources import resource_dir
-from ..structure import ROLES, Structure, from_names, role_of
+from ..errors import UserError, deprecated
+from ..quant import FP, LayerConfig, label_of
+from ..io import resource_dir
+from ..models.structure import ROLES, Structure, from_names, role_of
 
 FORMAT = "autoq.space/1"
-LEGACY_FP = ("keep",)   # older spelling of the fp option
+LEGACY_FP = ("keep",)   # older spelling of the fp option (read with a deprecation line)
 TOP_KEYS = {"format", "description", "options", "groups", "ignore", "pinned", "baselines"}
 GROUP_KEYS = {"name", "match", "roles", "blocks", "per_layer", "options"}
 QUARTERS = {"first_quarter": 0, "second_quarter": 1, "third_quarter": 2, "last_quarter": 3}
 
 
 def parse_option(value, where: str) -> LayerConfig | None:
+    if value in LEGACY_FP:
+        deprecated(f"the option {value!r} in a search space", f"{FP!r} or null")
     if value is None or value == FP or value in LEGACY_FP:
         return None
     if not isinstance(value, str):
@@ -224,13 +226,15 @@ def _per_layer(layers: list[str], ties: Iterable[Iterable[str]]) -> list[list[st
     return units
 
 
-ALIASES = {"llama-per-layer": "lm-per-layer", "llama-grouped": "lm-grouped"}
+ALIASES = {"llama-per-layer": "lm-per-layer", "llama-grouped": "lm-grouped"}  # deprecated
 
 
 def load_space(path_or_name: str | Path) -> Space:
     path = Path(path_or_name)
     if not path.exists():
         name = ALIASES.get(str(path_or_name), str(path_or_name))
+        if name != str(path_or_name):
+            deprecated(f"--space {path_or_name}", f"--space {name}")
         shipped = resource_dir("search_spaces") / f"{name}.yaml"
         if not shipped.exists():
             names = ", ".join(p.stem for p in sorted(resource_dir("search_spaces").glob("*.yaml")))

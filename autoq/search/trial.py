@@ -16,8 +16,8 @@ import optuna
 from optuna.trial import TrialState
 
 from .. import study as contract
-from ..estimate import Estimate, estimate
-from ..tasks import LINK, clip
+from .estimate import Estimate, estimate
+from ..metrics import METRICS
 from . import storage as store
 from .prior import Prior
 from .references import References
@@ -62,7 +62,7 @@ def budget_ok(study: optuna.Study, trial: optuna.Trial, total: int) -> None:
 def latency_model(session: Session):
     """The latency model for every plan the space can make (micro-benchmarks of each
     (shape, option) as served, or read from the cache under --out)."""
-    from ..latency import LatencyModel
+    from ..serve.latency import LatencyModel
 
     options = sorted({c for c in session.fixed.values() if c} |
                      {o for ch in session.choices for o in ch.options if o},
@@ -160,10 +160,10 @@ class TrialRunner:
                                 check_every=self.session.ev.task.check_every, stop=stop)
         est = last.get("est")
         if metrics["fraction"] < 1 and last.get("verdict") != "nan":
-            metrics[metric] = clip(metric, LINK[metric](est.mean)) if est else math.nan
+            m = METRICS[metric]
+            metrics[metric] = m.clip(m.link(est.mean)) if est else math.nan
             if est:
-                metrics[f"{metric}_interval"] = [clip(metric, v)
-                                                 for v in est.interval(LINK[metric])]
+                metrics[f"{metric}_interval"] = [m.clip(v) for v in est.interval(m.link)]
                 metrics["estimated_from"] = est.reference
         return metrics, last.get("verdict")
 
@@ -177,7 +177,8 @@ class TrialRunner:
         if not self.early or len(units) < every:
             return None, None
         est = estimate(units, self.session.ev.total, self.refs.units(self.session.target.metric))
-        return self.session.target.decide(est.interval(LINK[self.session.target.metric])), est
+        link = METRICS[self.session.target.metric].link
+        return self.session.target.decide(est.interval(link)), est
 
     def predict(self, resolved) -> float:
         """The latency model's seconds per token (image) of a plan."""

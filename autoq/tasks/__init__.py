@@ -1,20 +1,31 @@
-"""Evaluation tasks: `eval/<name>.yaml` declares the data and defaults; a scorer
-registered here under the same name computes the metric.
+"""Evaluation tasks: `eval/<name>.yaml` declares the data and defaults; a scorer module
+registered in `SCORERS` under the same name computes the metric.
 
 A scorer is a generator of per-unit values, in data order: the mean next-token
 NLL of each window (wikitext2), 1/0 for each image's top-1 hit (cifar100). The
-metric is a fixed function of their mean (`Task.metric_of`), so a search can
-stop a trial after part of the data and estimate the rest (`autoq.estimate`).
+metric is a fixed function of their mean (`Metric.link`, autoq.metrics), so a
+search can stop a trial after part of the data and estimate the rest
+(autoq.search.estimate). Importing this package imports no torch: the CLI checks
+task names, data paths and counts with the functions below; a scorer module is
+imported when its task is first used.
 """
 
 from __future__ import annotations
 
-import math
+import importlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterator, Mapping, Sequence
 
-from ..args import check_counts, check_data_path, check_task_fits, task_spec  # noqa: F401
+import yaml
+
 from ..errors import UserError
+from ..io import resource_dir
+from ..metrics import METRICS
+from ..models.kinds import KINDS
+
+SCORERS = {"wikitext2": "autoq.tasks.wikitext2", "cifar100": "autoq.tasks.cifar100",
+           "digits": "autoq.tasks.digits"}   # task name (its eval/<name>.yaml) -> scorer
 
 
 @dataclass(frozen=True)
@@ -60,11 +71,11 @@ class Task:
         return self.metric, KLD
 
     def higher_is_better(self, metric: str | None = None) -> bool:
-        return (metric or self.metric) == "accuracy"
+        return METRICS[metric or self.metric].higher_is_better
 
     def metric_of(self, units: Sequence[float], metric: str | None = None) -> float:
         """The metric from per-unit values: exp(mean NLL), the hit rate, the mean KL."""
-        return LINK[metric or self.metric](sum(units) / len(units))
+        return METRICS[metric or self.metric].link(sum(units) / len(units))
 
     @property
     def check_every(self) -> int:
@@ -82,7 +93,7 @@ class Task:
         """Per unit, in data order: {metric: value} and, with the fp model's `reference`
         (autoq.kld), its "kld"; `capture` (a dict) collects this model's own top-k per
         unit id, which makes it the reference."""
-        from .. import kld
+        from . import kld
 
         outputs = self.impl.outputs(loaded, dataset)
         for uid, (logits, target) in zip(dataset.index, outputs):
@@ -121,22 +132,54 @@ class Task:
         return {m: self.metric_of([r[m] for r in rows], m) for m in rows[0]}
 
 
-LINK = {"ppl": math.exp, "accuracy": lambda mean: mean, KLD: lambda mean: mean}
-RANGE = {"ppl": (1.0, math.inf), "accuracy": (0.0, 1.0), KLD: (0.0, math.inf)}
-
-
-def clip(metric: str, value: float) -> float:
-    """An estimate kept inside the metric's range (an interval from few units can
-    cross 0 or 1)."""
-    lo, hi = RANGE[metric]
-    return min(max(value, lo), hi)
-
-
 def get_task(name: str) -> Task:
     spec = task_spec(name)
-    if name not in IMPLS:
+    if name not in SCORERS:
         raise UserError(f"task {name!r} has no scorer registered; reinstall autoq.")
+    importlib.import_module(SCORERS[name])   # registers its scorer
     return Task(spec["name"], spec["model_kind"], spec["metric"], spec)
 
 
-from . import cifar100, digits, wikitext2  # noqa: E402,F401  (registers the scorers)
+# ---- the tasks' YAML and the checks the CLI runs first (no torch) --------------------------
+def task_names() -> list[str]:
+    return sorted(p.stem for p in resource_dir("eval").glob("*.yaml"))
+
+
+def task_spec(name: str) -> dict:
+    path = resource_dir("eval") / f"{name}.yaml"
+    if not path.exists():
+        raise UserError(f"unknown task {name!r}; use one of {', '.join(task_names())}.")
+    return yaml.safe_load(path.read_text())
+
+
+def check_task_fits(spec: dict, model: str, kind: str) -> None:
+    """The task scores this kind of model (`model_kind` in its YAML)."""
+    if spec["model_kind"] != kind:
+        raise UserError(f"task {spec['name']} needs {KINDS[spec['model_kind']].words}, but "
+                        f"{model!r} is {KINDS[kind].words}; pick a matching --model or --task.")
+
+
+def check_data_path(data: str | None, want_dir: bool | None,
+                    flag: str = "--data") -> Path | None:
+    """`--data` exists, and is a folder or a file as the task reads it (None: either)."""
+    if data is None:
+        return None
+    p = Path(data)
+    kind = {True: "folder", False: "file", None: "file or folder"}[want_dir]
+    if not p.exists():
+        raise UserError(f"{flag} {data}: no such {kind}.")
+    if want_dir is not None and want_dir != p.is_dir():
+        raise UserError(f"{flag} {data}: expected a {kind}.")
+    return p
+
+
+def at_least(flag: str, value: int | None, low: int, what: str) -> None:
+    if value is not None and value < low:
+        raise UserError(f"{flag} {value} must be at least {low} ({what}).")
+
+
+def check_counts(seq_len: int | None, limit: int | None) -> None:
+    """`--seq-len` and `--limit` (the CLI checks them first; `Task.load` again, for
+    library callers)."""
+    at_least("--seq-len", seq_len, 2, "tokens per window")
+    at_least("--limit", limit, 1, "windows or images to score; leave it out to use all")

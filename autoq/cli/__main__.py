@@ -1,0 +1,5 @@
+"""`python -m autoq.cli`: the autoq command line."""
+
+from . import main
+
+main()

@@ -1,0 +1,48 @@
+"""Serving: which kernels run the quantized layers, and running a model.
+
+Backends (`BACKENDS`, one file each; autoq/serve/backend.py says what one is):
+
+- `hqq`: the method's own torch forward (HQQ: dequantize, then matmul); serves every
+  config on any device, and is every other backend's per-layer fallback;
+- `gemlite`: gemlite's Triton kernels (CUDA; 1/2/4/8-bit, group >= 16).
+
+Beside them: speed.py (honest timing of a whole model), latency.py (a plan's time
+predicted from per-layer micro-benchmarks), generate.py / predict.py (running a
+saved model), gguf.py (export for llama.cpp). Importing this package imports no
+torch: the CLI checks `--backend` by name.
+"""
+
+from __future__ import annotations
+
+from ..errors import UserError
+from ..registry import Registry
+
+BACKENDS = Registry("serving backend", {
+    "hqq": "autoq.serve.hqq:BACKEND",
+    "gemlite": "autoq.serve.gemlite:BACKEND",
+})
+AUTO = {"cuda": ("gemlite", "hqq"), "cpu": ("hqq",)}   # --backend auto: the first available
+DEVICES = {"cuda": "a CUDA GPU", "cpu": "a CPU"}
+
+
+def require_backend(name: str, device) -> str:
+    """The backend to use on `device` ("auto": the first of AUTO[device type] that is
+    installed), or one sentence on why `name` cannot serve there."""
+    import torch
+
+    device = torch.device(device)
+    kind = "cuda" if device.type == "cuda" and torch.cuda.is_available() else "cpu"
+    if name == "auto":
+        return next(n for n in AUTO[kind] if BACKENDS.get(n).installed())
+    if name not in BACKENDS:
+        raise UserError(f"--backend {name!r} is not one of auto, {', '.join(BACKENDS.names)}.")
+    backend = BACKENDS.get(name)
+    if kind not in backend.devices:
+        other = next(n for n in AUTO[kind] if BACKENDS.get(n).installed())
+        raise UserError(f"--backend {name} needs {' or '.join(DEVICES[d] for d in backend.devices)}"
+                        f" and this run is on {device.type}; use --backend {other} (or run on "
+                        "such a machine).")
+    if not backend.installed():
+        raise UserError(f"--backend {name} needs the {backend.package.split('=')[0]} package: "
+                        f"run `pip install '{backend.package}'` (or use --backend auto).")
+    return name
