@@ -1,8 +1,8 @@
 """Optuna storage from a URL, and the heartbeats that get a killed worker's trial re-run.
 
-URLs: `sqlite:///file.db` (the default, <out>/<study>/study.db: WAL, and every
-transaction starts with BEGIN IMMEDIATE so several local workers queue for the
-write lock instead of racing on a stale read), `postgresql://user:pass@host/db`
+URLs: `sqlite:///file.db` (the default, <out>/<study>/study.db: WAL with
+synchronous=NORMAL, and every transaction starts with BEGIN IMMEDIATE so several local
+workers queue for the write lock instead of racing on a stale read), `postgresql://user:pass@host/db`
 (several machines), `journal:///path/file.log` (Optuna's journal file, guarded
 by a kernel file lock that a killed process cannot leave behind).
 
@@ -132,8 +132,18 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
     if sqlite:
         from sqlalchemy import event
 
+        event.listen(storage.engine, "connect", _no_fsync_per_commit)
+        storage.engine.dispose()   # connections opened from here on take it
         event.listen(storage.engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
     return storage
+
+
+def _no_fsync_per_commit(dbapi_connection, _record) -> None:
+    """WAL with synchronous=NORMAL: a commit is whole after any kill of the process (the
+    log is fsynced at checkpoints, not at every commit: a power cut may lose the last
+    commits, never corrupt the file). A trial writes one row per choice; with an fsync
+    per commit, 211 choices cost 1.7 s a trial on this machine's disk."""
+    dbapi_connection.execute("PRAGMA synchronous=NORMAL")
 
 
 def open_existing(url: str) -> optuna.storages.BaseStorage:
