@@ -184,9 +184,12 @@ def best(items: Sequence[tuple[K, Mapping]], target: Target,
          number_of: Callable[[K], int | None] = lambda k: None, x: str = "size_mib") -> K | None:
     """The least-`x` item (the smallest, or with x="latency_ms" the fastest) that meets
     the target; ties: the better quality (so the best is always on the front), then the
-    lower trial number, then the earlier item."""
+    lower trial number, then the earlier item. With no quality target (budget mode: a
+    size cap only), the best quality that fits; ties: the smaller, then as above."""
     sign = -1.0 if target.higher_is_better else 1.0
     ok = [(size, sign * m[target.metric], n if (n := number_of(k)) is not None else math.inf, i)
           for i, (k, m) in enumerate(items)
           if target.meets(m) and (size := number(m.get(x))) is not None]
+    if target.value is None:
+        ok = [(q, size, n, i) for size, q, n, i in ok]
     return items[min(ok)[3]][0] if ok else None

@@ -47,10 +47,23 @@ BAD = [
      "trade-off."),
     ("no target", "search -m {llama}",
      "give exactly one quality target: --target-ppl X, --target-acc Y or --target-kld Z (each "
-     "may be none, to map the whole trade-off)."),
+     "may be none, to map the whole trade-off), or only a size budget (--max-size-mib S or "
+     "--bits B) for the best quality at that size."),
     ("two targets", "search -m {llama} --target-ppl none --target-acc 0.5",
      "give exactly one quality target: --target-ppl X, --target-acc Y or --target-kld Z (each "
-     "may be none, to map the whole trade-off)."),
+     "may be none, to map the whole trade-off), or only a size budget (--max-size-mib S or "
+     "--bits B) for the best quality at that size."),
+    ("bits 0.5", "search -m {llama} --bits 0.5",
+     "--bits 0.5 must be bits per searched weight between 1 and 16 (e.g. 4.5)."),
+    ("bits and max-size-mib", "search -m {llama} --bits 4 --max-size-mib 100",
+     "give either --max-size-mib or --bits (the same budget in bits per searched weight), "
+     "not both."),
+    ("evolve without a budget", "search -m {llama} --target-ppl 10 --sampler evolve",
+     "--sampler evolve searches the best quality at a size budget: give --max-size-mib or "
+     "--bits and no quality target."),
+    ("budget and latency", "search -m {llama} --bits 4.5 --minimize latency",
+     "--minimize latency needs a quality target; a size budget alone (--max-size-mib / "
+     "--bits) searches the best quality at that size."),
     ("target of the other metric", "search -m {llama} --target-acc 0.5",
      "task wikitext2 measures ppl (and kld); give --target-ppl or --target-kld."),
     ("target-kld 0", "search -m {llama} --target-kld 0",
@@ -66,9 +79,12 @@ BAD = [
      "--timeout -5 must be a number of seconds above 0."),
     ("prior-trials -1", "search -m {llama} --target-ppl 10 --prior-trials -1",
      "--prior-trials -1 must be at least 0 (trials from the sensitivity prior)."),
-    ("measure-front 0", "search -m {llama} --target-ppl 10 --measure-front 0",
-     "--measure-front 0 must be at least 1 (Pareto configs to re-measure; leave it out to "
-     "measure all)."),
+    ("measure-front -1", "search -m {llama} --target-ppl 10 --measure-front -1",
+     "--measure-front -1 must be at least 0 (Pareto configs to re-measure, 0 for none; leave "
+     "it out to measure all)."),
+    ("report-front 0", "search -m {llama} --target-ppl 10 --report-front 0",
+     "--report-front 0 must be at least 1 (Pareto configs to score on the report split; "
+     "leave it out to score all)."),
     ("one-shot budget", "search -m {llama} --target-ppl 10 --one-shot 4,x",
      "--one-shot '4,x' must be budgets in bits per weight between 1 and 16, comma-separated "
      "(e.g. 4,4.5,5,6), or none."),
@@ -113,7 +129,7 @@ BAD = [
     ("backend", "apply {plan} --backend triton",
      "--backend 'triton' is not one of auto, hqq, gemlite."),
     ("sampler", "search -m {llama} --target-ppl 10 --sampler cma",
-     "--sampler 'cma' is not one of sensitivity, nsga2, random."),
+     "--sampler 'cma' is not one of sensitivity, nsga2, random, evolve."),
     ("trial-speed", "search -m {llama} --target-ppl 10 --trial-speed fast",
      "--trial-speed 'fast' is not one of predicted, measured."),
     ("old --speed spelling", "search -m {llama} --target-ppl 10 --speed fast",

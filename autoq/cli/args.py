@@ -19,7 +19,7 @@ from ..models import DTYPES as MODEL_DTYPES
 from ..models.kinds import KINDS
 from ..plan import Plan
 from ..quant import LayerConfig
-from ..search import SAMPLERS as SAMPLER_REGISTRY
+from ..search import BUDGET_SAMPLER, SAMPLERS as SAMPLER_REGISTRY
 from ..serve import BACKENDS as BACKEND_REGISTRY
 from ..study import OBJECTIVES as OBJECTIVE_KEYS
 from ..tasks import (at_least, check_counts, check_data_path, check_task_fits,
@@ -130,14 +130,20 @@ def plan_or_uniform(plan: Path | None, uniform: str | None) -> tuple[Plan | None
 
 # ---- search ------------------------------------------------------------------------------
 def search_target(metric: str, task: str, target_ppl: str | None, target_acc: str | None,
-                  target_kld: str | None = None) -> tuple[str, float | None]:
+                  target_kld: str | None = None, budget: bool = False
+                  ) -> tuple[str, float | None]:
     """(the target's metric, its value): exactly one of the flags, the task's own or KL
-    (every task measures KL), in its metric's range (or none)."""
+    (every task measures KL), in its metric's range (or none); with a size `budget`
+    (--max-size-mib / --bits) no flag at all means the task's own metric, no target."""
     given = [(f, t) for f, t in (("--target-ppl", target_ppl), ("--target-acc", target_acc),
                                  ("--target-kld", target_kld)) if t is not None]
+    if not given and budget:
+        return metric, None
     if len(given) != 1:
         raise UserError("give exactly one quality target: --target-ppl X, --target-acc Y or "
-                        "--target-kld Z (each may be none, to map the whole trade-off).")
+                        "--target-kld Z (each may be none, to map the whole trade-off), or "
+                        "only a size budget (--max-size-mib S or --bits B) for the best "
+                        "quality at that size.")
     flag, text = given[0]
     value = target(flag, text)
     if TARGET_FLAGS[flag] not in (metric, "kld"):
@@ -157,14 +163,27 @@ def report_inputs(spec: dict, report_data: str | None, report_limit: int | None)
     return str(path.resolve()) if path else None
 
 
-def search_budget(trials: int, timeout: float | None, max_size_mib: float | None,
-                  prior_trials: int | None, measure_front: int | None) -> None:
+def size_budget(max_size_mib: float | None, bits: float | None) -> bool:
+    """--max-size-mib or --bits (bits per searched weight), not both; whether one is given."""
+    above_zero("--max-size-mib", max_size_mib, "a size in MiB")
+    if bits is not None and not 1 <= bits <= 16:
+        raise UserError(f"--bits {bits:g} must be bits per searched weight between 1 and 16 "
+                        "(e.g. 4.5).")
+    if max_size_mib is not None and bits is not None:
+        raise UserError("give either --max-size-mib or --bits (the same budget in bits per "
+                        "searched weight), not both.")
+    return max_size_mib is not None or bits is not None
+
+
+def search_budget(trials: int, timeout: float | None, prior_trials: int | None,
+                  measure_front: int | None, report_front: int | None = None) -> None:
     at_least("--trials", trials, 1, "finished trials in the study")
     above_zero("--timeout", timeout, "a number of seconds")
-    above_zero("--max-size-mib", max_size_mib, "a size in MiB")
     at_least("--prior-trials", prior_trials, 0, "trials from the sensitivity prior")
-    at_least("--measure-front", measure_front, 1,
-             "Pareto configs to re-measure; leave it out to measure all")
+    at_least("--measure-front", measure_front, 0,
+             "Pareto configs to re-measure, 0 for none; leave it out to measure all")
+    at_least("--report-front", report_front, 1,
+             "Pareto configs to score on the report split; leave it out to score all")
 
 
 def one_shot(text: str) -> tuple[float, ...]:
@@ -181,11 +200,19 @@ def one_shot(text: str) -> tuple[float, ...]:
     return budgets
 
 
-def search_setup(space: str | None, storage: str | None, out: Path, sampler: str,
-                 trial_speed: str, minimize: str) -> None:
-    choice("--sampler", sampler, SAMPLERS)
+def search_setup(space: str | None, storage: str | None, out: Path, sampler: str | None,
+                 trial_speed: str, minimize: str, budget_mode: bool = False) -> None:
+    """`budget_mode`: a size budget and no quality target (the best quality at that size)."""
+    if sampler is not None:
+        choice("--sampler", sampler, SAMPLERS)
     choice("--trial-speed", trial_speed, TRIAL_SPEEDS)
     choice("--minimize", minimize, OBJECTIVES)
+    if sampler == BUDGET_SAMPLER and not budget_mode:
+        raise UserError(f"--sampler {BUDGET_SAMPLER} searches the best quality at a size "
+                        "budget: give --max-size-mib or --bits and no quality target.")
+    if budget_mode and minimize != "size":
+        raise UserError(f"--minimize {minimize} needs a quality target; a size budget alone "
+                        "(--max-size-mib / --bits) searches the best quality at that size.")
     folder_path("--out", out)
     if space is not None:
         from ..search.space import load_space

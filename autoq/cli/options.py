@@ -105,9 +105,11 @@ def choice_option(default: str, flag: str, choices, panel: str, help: str):
 Minimize = choice_option("size", "--minimize", args.OBJECTIVES, TARGET,
                          "Minimise under the target: size (MiB), or latency (predicted time per "
                          "token / image).")
-Sampler = choice_option("sensitivity", "--sampler", args.SAMPLERS, STRATEGY,
-                        "Trials after the prior: sensitivity (recalibrated knapsack, perturbed "
-                        "sensitivities), nsga2 or random.")
+Sampler = typer.Option(None, "--sampler", metavar=one_of(args.SAMPLERS), rich_help_panel=STRATEGY,
+                       show_default="evolve at a size budget, else sensitivity",
+                       help="Trials after the prior: sensitivity (recalibrated knapsack, "
+                       "perturbed sensitivities), evolve (level-switch mutations and "
+                       "crossover of the best plans, under a size budget), nsga2 or random.")
 TrialSpeed = choice_option("predicted", "--trial-speed", args.TRIAL_SPEEDS, SPEED,
                            "Per-trial speed: predicted (latency model; Pareto configs "
                            "re-measured) or measured.")

@@ -36,9 +36,19 @@ def search(model: str = Model(), task: Optional[str] = Task, data: Optional[str]
            report_limit: Optional[int] = typer.Option(
                None, "--report-limit", metavar="N", rich_help_panel=MODEL_DATA,
                show_default="all", help="Use only the first N units of the report split."),
+           report_front: Optional[int] = typer.Option(
+               None, "--report-front", metavar="N", rich_help_panel=MODEL_DATA,
+               show_default="all",
+               help="Score at most N Pareto configs on the report split (best.json first, "
+               "the rest spread along the front)."),
            max_size_mib: Optional[float] = typer.Option(
                None, "--max-size-mib", metavar="MIB", rich_help_panel=TARGET,
-               help="Also require size <= MIB."),
+               help="Require size <= MIB; with no quality target: the best quality at that "
+               "size (budget mode)."),
+           bits: Optional[float] = typer.Option(
+               None, "--bits", metavar="B", rich_help_panel=TARGET,
+               help="--max-size-mib for B bits per searched weight (scales and zeros "
+               "included; the rest of the model as it is)."),
            minimize: str = Minimize,
            trials: int = typer.Option(50, "--trials", metavar="N", rich_help_panel=BUDGET,
                                       help="Total finished trials in the study (re-running resumes)."),
@@ -59,7 +69,7 @@ def search(model: str = Model(), task: Optional[str] = Task, data: Optional[str]
                None, "--space", metavar="FILE|NAME", rich_help_panel=STRATEGY,
                show_default="the model family's per-layer space",
                help="Search-space YAML or shipped name."),
-           sampler: str = Sampler,
+           sampler: Optional[str] = Sampler,
            seed: int = typer.Option(0, "--seed", metavar="N", rich_help_panel=STRATEGY,
                                     help="Random seed of the samplers."),
            all_options: bool = typer.Option(False, "--all-options", metavar="",
@@ -86,9 +96,11 @@ def search(model: str = Model(), task: Optional[str] = Task, data: Optional[str]
                                                    help="Deprecated: --trial-speed."),
            measure_front: Optional[int] = typer.Option(
                None, "--measure-front", metavar="N", rich_help_panel=SPEED, show_default="all",
-               help="Re-measure the speed of at most N Pareto configs (best first)."),
-           one_shot: str = typer.Option(
-               "4,4.5,5,6", "--one-shot", metavar="BITS,...|none", rich_help_panel=BUDGET,
+               help="Re-measure the speed of at most N Pareto configs (best first; 0: none, "
+               "their speed stays predicted)."),
+           one_shot: Optional[str] = typer.Option(
+               None, "--one-shot", metavar="BITS,...|none", rich_help_panel=BUDGET,
+               show_default="4,4.5,5,6; at a size budget: that budget",
                help="Budgets (bits per searched weight) of the one-shot plans measured "
                "beside the front (knapsack on the sensitivity and on the single-layer KL); "
                "none: skip them."),
@@ -101,12 +113,14 @@ def search(model: str = Model(), task: Optional[str] = Task, data: Optional[str]
     prior_trials = prior_trials if prior_trials is not None else old_seeds
     inp = args.inputs(model, task, data, seq_len, limit, checkpoint, device, dtype, backend,
                       cache_dir)
+    sized = args.size_budget(max_size_mib, bits)
     metric, target = args.search_target(inp.task["metric"], inp.task["name"], target_ppl,
-                                        target_acc, target_kld)
+                                        target_acc, target_kld, sized)
     report_data = args.report_inputs(inp.task, report_data, report_limit)
-    args.search_budget(trials, timeout, max_size_mib, prior_trials, measure_front)
-    args.search_setup(space, storage, out, sampler, trial_speed, minimize)
-    budgets = args.one_shot(one_shot)
+    args.search_budget(trials, timeout, prior_trials, measure_front, report_front)
+    args.search_setup(space, storage, out, sampler, trial_speed, minimize,
+                      budget_mode=sized and target is None)
+    budgets = None if one_shot is None else args.one_shot(one_shot)
     for old, new, given in (("--speed", "--trial-speed", old_speed),
                             ("--seeds", "--prior-trials", old_seeds)):
         if given is not None:  # said once the arguments are known to be good
@@ -121,16 +135,17 @@ def search(model: str = Model(), task: Optional[str] = Task, data: Optional[str]
         eval=eval_settings(inp, task, seq_len, limit, device, dtype,
                            cache_dir or str(out / "layer-cache"), backend, report_data,
                            report_limit),
-        target=target, metric=metric, trials=trials, max_size_mib=max_size_mib,
+        target=target, metric=metric, trials=trials, max_size_mib=max_size_mib, bits=bits,
         timeout=timeout, space=space, study=study, storage=storage, out=str(out), seed=seed,
         prior_trials=prior_trials, trial_speed=trial_speed, minimize=minimize, prune=prune,
-        sampler=sampler, measure_front=measure_front, all_options=all_options,
+        sampler=sampler, measure_front=measure_front, report_front=report_front,
+        all_options=all_options,
         model_as_typed=model, one_shot=budgets)
     result = run_search(settings, say=progress.say if progress.ENABLED else lambda m: None)
     if as_json:
         typer.echo(json.dumps({"study": result.study_dir.name, "study_dir": str(result.study_dir),
                                "metric": settings.metric, "target": target,
-                               "objective": minimize,
+                               "objective": minimize, "max_size_mib": result.budget_mib,
                                "finished": result.finished, "front": result.front,
                                "best": result.best, "best_note": best_note(result, settings)}))
         return
@@ -141,16 +156,21 @@ def search(model: str = Model(), task: Optional[str] = Task, data: Optional[str]
 
 def best_note(result, settings) -> str:
     """What best.json is, in words (there is none without a target)."""
-    if settings.target is None:
+    if settings.target is None and not settings.budget_mode:
         return (f"none: no quality target (--target-{'ppl' if settings.metric == 'ppl' else 'acc'}"
                 " none), so no config is best; pick one from the Pareto front (pareto.json)")
     if not result.best:
-        return "none: no finished trial meets the target yet"
+        return "none: no finished trial " + ("fits the budget" if settings.budget_mode
+                                              else "meets the target") + " yet"
     m, metric = result.best["metrics"], settings.metric
     fast = f", {m['latency_ms']:.3g} ms predicted" if settings.minimize == "latency" else ""
     note = (f"{metric} {m[metric]:.4g}, {m['size_mib']:.1f} MiB, "
             f"{m['bits_per_weight']:.2f} bits/weight{fast} (search split)")
     rep = m.get("report")
+    if settings.budget_mode:
+        note = f"the best {metric} at <= {result.budget_mib:.4g} MiB: " + note
+        return note + (f"; report split: {metric} {rep[metric]:.4g}" if rep and metric in rep
+                       else "")
     if rep and metric in rep:
         verdict = "meets" if rep.get("meets_target") else "misses"
         there = f" there ({rep['target']:.4g}: the same loss against fp)" \

@@ -9,4 +9,7 @@ SAMPLERS = Registry("sampler", {
     "sensitivity": "autoq.search.sampler:sensitivity",
     "nsga2": "autoq.search.sampler:nsga2",
     "random": "autoq.search.sampler:random_sampler",
+    "evolve": "autoq.search.evolve:sampler",
 })
+BUDGET_SAMPLER = "evolve"         # the default at a size budget with no quality target
+TARGET_SAMPLER = "sensitivity"    # the default otherwise

@@ -33,6 +33,7 @@ class Outcome:
     finished: int
     front: list[dict] = field(default_factory=list)
     best: dict | None = None
+    budget_mib: float | None = None   # the size cap (budget mode: the budget)
 
 
 def trial_layers(t: optuna.trial.FrozenTrial) -> dict[str, LayerConfig | None]:
@@ -61,16 +62,18 @@ def write_trials(session: Session) -> None:
     with store.file_lock(session.dir / contract.LOCK_FILE):
         rescored = contract.attr(session.study.user_attrs, contract.RESCORED, {})
         lines = [trial_record(t, session, metrics_of(session.study, t, rescored))
-                 for t in session.study.get_trials(states=FINISHED + (TrialState.FAIL,))]
+                 for t in session.study.get_trials(deepcopy=False,
+                                                   states=FINISHED + (TrialState.FAIL,))]
         write_atomic(session.dir / contract.TRIALS_FILE,
                      "".join(json.dumps(r) + "\n" for r in lines))
 
 
 def best_trial(session: Session):
     """The smallest (for --minimize latency: the fastest, by predicted latency) COMPLETE
-    trial that meets the target (`autoq.study.best`); None
-    without a quality target (the study maps the trade-off: no config is best)."""
-    if session.target.value is None:
+    trial that meets the target, or in budget mode the best quality at the size budget
+    (`autoq.study.best`); None without a target or a budget (the study maps the
+    trade-off: no config is best)."""
+    if session.target.value is None and not session.s.budget_mode:
         return None
     study = session.study
     rescored = contract.attr(study.user_attrs, contract.RESCORED, {})
@@ -104,8 +107,9 @@ def rescore(session: Session, t) -> None:
 
 
 def to_measure(n: int | None, front_numbers: list[int], best: int | None) -> set[int]:
-    """Front positions whose speed is re-measured: all (n None), or the best config
-    plus configs spread evenly along the front, n in all."""
+    """Front positions whose speed is re-measured (or that are scored on the report
+    split): all (n None), or the best config plus configs spread evenly along the front,
+    n in all."""
     if n is None or n >= len(front_numbers):
         return set(range(len(front_numbers)))
     picks = [i for i, number in enumerate(front_numbers) if number == best]
@@ -197,7 +201,9 @@ def finalize(session: Session, runner) -> Outcome:
                         best.number if best else None)
     metrics = [measured_speed(session, t, metrics_of(session.study, t)) if i in chosen
                else metrics_of(session.study, t) for i, t in enumerate(trials)]
-    report = reported(session, runner.refs, trials)
+    on_report = to_measure(session.s.report_front, [t.number for t in trials],
+                           best.number if best else None)
+    report = reported(session, runner.refs, [t for i, t in enumerate(trials) if i in on_report])
     oneshot.measure(session, runner.refs, runner.prior, runner)
     there = report_target(session, runner.refs.stored())
     for t, m in zip(trials, metrics):
@@ -212,7 +218,8 @@ def finalize(session: Session, runner) -> Outcome:
 
 def write_front(session: Session, trials: list, metrics: list[dict], best) -> Outcome:
     folder = session.dir
-    out = Outcome(folder, len(session.study.get_trials(deepcopy=False, states=FINISHED)))
+    out = Outcome(folder, len(session.study.get_trials(deepcopy=False, states=FINISHED)),
+                  budget_mib=session.target.max_size_mib)
     for i, (t, m) in enumerate(zip(trials, metrics)):
         plan = session.plan(trial_layers(t), m, t.number)
         name = contract.pareto_file(i)

@@ -23,11 +23,14 @@ from __future__ import annotations
 import hashlib
 import json
 
+from optuna.trial import TrialState
+
 from .. import study as contract
+from ..errors import UserError
 from ..io import write_json
 from ..quant import FP, label_of
 from . import knapsack
-from .prior import Prior
+from .prior import MIB_BITS, Prior
 from .references import References, report_entry, scored_on
 from .session import Session
 
@@ -70,18 +73,57 @@ def single_layer_kl(session: Session, refs: References) -> dict[str, dict[str, f
     return costs
 
 
+def budgets(session: Session, prior: Prior) -> dict[str, tuple[float, float]]:
+    """label -> (bits per searched weight, the knapsack's budget in bits): --one-shot, else
+    BUDGETS, and in budget mode the study's budget itself (exactly its bits)."""
+    weights = sum(session.ev.loaded.units()[n].weights for c in session.choices for n in c.stored)
+    if session.s.one_shot is None and session.s.budget_mode:
+        return {f"{prior.max_bits / weights:.4g}": (prior.max_bits / weights, prior.max_bits)}
+    chosen = BUDGETS if session.s.one_shot is None else session.s.one_shot
+    return {f"{b:g}": (b, b * weights) for b in chosen}
+
+
 def plans(session: Session, refs: References, prior: Prior) -> dict[str, dict]:
     """label ("sensitivity@4.5") -> {signal, budget_bits, params} for every budget that fits."""
-    weights = sum(session.ev.loaded.units()[n].weights for c in session.choices for n in c.stored)
     tables = {"sensitivity": prior.costs, "single-layer-kl": single_layer_kl(session, refs)}
     out = {}
     for signal in SIGNALS:
-        for budget in session.s.one_shot:
-            cfg = knapsack.at_budget(tables[signal], prior.bits, budget * weights)
+        for label, (per_weight, bits) in budgets(session, prior).items():
+            cfg = knapsack.at_budget(tables[signal], prior.bits, bits)
             if cfg is not None:
-                out[f"{signal}@{budget:g}"] = {"signal": signal, "budget_bits": budget,
-                                               "params": cfg}
+                out[f"{signal}@{label}"] = {"signal": signal, "budget_bits": per_weight,
+                                            "params": cfg}
     return out
+
+
+def seeds(session: Session, refs: References, prior: Prior) -> list[dict[str, str]]:
+    """Budget mode's first trials: each signal's knapsack plan at the budget (distinct)."""
+    smallest = sum(min(row.values()) for row in prior.bits.values())
+    if prior.max_bits is None or smallest > prior.max_bits:
+        floor = session.target.max_size_mib + (smallest - (prior.max_bits or 0)) / MIB_BITS
+        raise UserError(f"a size budget of {session.target.max_size_mib:.4g} MiB is below the "
+                        f"smallest plan this space allows ({floor:.4g} MiB); raise it.")
+    tables = {"sensitivity": prior.costs, "single-layer-kl": single_layer_kl(session, refs)}
+    out: list[dict[str, str]] = []
+    for signal in SIGNALS:
+        cfg = knapsack.at_budget(tables[signal], prior.bits, prior.max_bits)
+        if cfg not in out:
+            out.append(cfg)
+    return out
+
+
+def scored_as_trial(session: Session, params: dict[str, str]) -> tuple[dict | None, dict]:
+    """(the search-split metrics, the report-split entry or {}) of a COMPLETE trial with
+    these params scored on the whole split: a one-shot plan the search ran as a trial (budget
+    mode's seeds) is not scored again."""
+    from .trial import metrics_of
+
+    report = contract.attr(session.study.user_attrs, contract.REPORT, {})
+    for t in session.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        m = metrics_of(session.study, t)
+        if t.params == params and m.get("fraction", 0) >= 1:
+            return m, report.get(str(t.number), {})
+    return None, {}
 
 
 def measure(session: Session, refs: References, prior: Prior, trial) -> dict[str, dict]:
@@ -89,22 +131,26 @@ def measure(session: Session, refs: References, prior: Prior, trial) -> dict[str
     on the report split when the search has one; shared per protocol and space."""
     path = session.out / "baselines" / f"oneshot-{_key(session, refs, PLANS)}.json"
     done = json.loads(path.read_text()) if path.exists() else {}
-    if not session.s.one_shot:
+    if session.s.one_shot == ():
         session.say("one-shot plans: none (--one-shot none)")
         return {}
     report = session.ev.splits.get("report")
     for label, entry in plans(session, refs, prior).items():
         have = done.get(label, {})
+        metrics, reported = scored_as_trial(session, entry["params"])
         if "metrics" not in have:
-            session.say(f"one-shot plan {label}: evaluating")
             resolved = session.resolved(entry["params"])
-            metrics = session.ev.run(resolved, speed=False)
-            metrics.pop("units")
-            trial.add_speed(metrics, resolved)
+            if metrics is None:
+                session.say(f"one-shot plan {label}: evaluating")
+                metrics = session.ev.run(resolved, speed=False)
+                metrics.pop("units")
+                trial.add_speed(metrics, resolved)
             have = {**entry, "layers": session.plan(resolved, {}).to_json()["layers"],
                     "metrics": metrics}
         elif "latency_ms" not in have["metrics"]:   # cached before latency_ms was recorded
             have["metrics"]["latency_ms"] = 1e3 * trial.predict(session.resolved(entry["params"]))
+        if report is not None and scored_on(reported, report.protocol):
+            have["report"] = reported
         if report is not None and report.reference is not None \
                 and not scored_on(have.get("report"), report.protocol):
             session.say(f"one-shot plan {label}: report split")

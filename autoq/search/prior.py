@@ -121,11 +121,13 @@ def configs(prior: Prior, n: int) -> list[dict[str, str]]:
     return knapsack.prior(prior.costs, prior.resource, n, max_cost, prior.max_bits, prior.bits)
 
 
-def enqueue(study: optuna.Study, prior: Prior, n: int) -> int | None:
-    """Enqueue the prior configs once per study; how many (None: done before)."""
+def enqueue(study: optuna.Study, prior: Prior, n: int,
+            chosen: list[dict[str, str]] | None = None) -> int | None:
+    """Enqueue the prior configs once per study (`chosen`, else `configs(prior, n)`);
+    how many (None: done before)."""
     if contract.attr(study.user_attrs, contract.PRIOR_ENQUEUED):
         return None
-    chosen = configs(prior, n)
+    chosen = configs(prior, n) if chosen is None else chosen
     for cfg in chosen:
         study.enqueue_trial(cfg, user_attrs={contract.ORIGIN: "prior"}, skip_if_exists=True)
     study.set_user_attr(contract.PRIOR_ENQUEUED, len(chosen))

@@ -91,16 +91,21 @@ class References:
 
     # ---- the fp model's distributions -------------------------------------------------
     def use_reference(self, split: str = "search") -> None:
-        """KL from here on, on `split`: the fp distributions stored, or measured once
-        (the search split's fp pass also gives the fp model's units)."""
+        """KL from here on, on `split`: the fp distributions stored, or measured once. That
+        pass is also the fp baseline on the split (its units too, on the search split): the
+        fp model is scored once per split."""
         ev = self.session.ev
         path = self._shared("reference", split, "pt")
         reference = kld.load(path)
         if reference is None:
-            reference, fp = ev.measure_reference(split)
+            reference, fp = ev.measure_reference(split, speed=split == "search")
             kld.save(reference, path)
+            units = fp.pop("units")
             if split == "search":
-                self.save_units(FP, fp["units"])
+                self.save_units(FP, units)
+                self._update(FP, {**fp, "speed_source": "measured"})
+            elif FP in {**self._read_shared(), **self.stored()}:
+                self._update(FP, {"report": report_entry(fp)})
         ev.use_reference(reference, split)
 
     # ---- baselines -----------------------------------------------------------------

@@ -24,7 +24,7 @@ from ..errors import UserError
 from ..io import write_json
 from ..quant import FP
 from ..quant.size import STORED_FLOAT_BYTES
-from . import prior as priors
+from . import oneshot, prior as priors
 from . import storage as store
 from .finalize import Outcome, best_trial, finalize, write_trials
 from .references import References
@@ -35,6 +35,7 @@ from .session import SearchSettings, Session, open_session
 from .trial import FINISHED, TrialRunner, latency_model, metrics_of
 
 MAX_FAILS_IN_A_ROW = 5
+WRITE_EVERY_S = 10.0   # trials.jsonl is rewritten at most this often while trials run
 
 
 def has_room(study: optuna.Study, total: int) -> bool:
@@ -74,12 +75,15 @@ def prepare(session: Session) -> TrialRunner:
     prior = priors.build(session.choices, session.ev.shapes, sens, baselines, session.target,
                          fp_bits, latency)
     n = priors.count(session.s.trials, session.s.prior_trials)
-    enqueued = priors.enqueue(session.study, prior, n)
+    seeds = oneshot.seeds(session, refs, prior) if session.s.budget_mode else None
+    enqueued = priors.enqueue(session.study, prior, n, seeds)
     if enqueued is not None:
-        session.say(f"enqueued {enqueued} prior configs from sensitivities"
+        session.say(f"enqueued {enqueued} prior configs: "
+                    + ("the one-shot knapsack plans at the budget" if seeds is not None else
+                       "knapsack configs from sensitivities")
                     + (f" (loss scale {prior.scale:.3g})" if prior.scale else ""))
-    inputs = inputs_for(prior, session.target, session.s.seed, n)
-    session.study.sampler = SAMPLERS[session.s.sampler](inputs)
+    inputs = inputs_for(prior, session.target, session.s.seed, n, session.s.budget_mode)
+    session.study.sampler = SAMPLERS[session.s.sampler_name](inputs)
     return TrialRunner(session, refs, prior, early, latency)
 
 
@@ -128,6 +132,7 @@ def progress(session: Session, durations: list[float], last) -> None:
 def loop(session: Session, runner: TrialRunner) -> None:
     """Trials until the study has --trials finished ones (or --timeout)."""
     start, fails, storage_errors, durations = time.time(), 0, 0, []
+    written = 0.0   # when trials.jsonl was last written
     while True:
         store.fail_stale(session.study, session.grace_s)  # trials of dead workers: retried
         if len(session.study.get_trials(deepcopy=False, states=FINISHED)) >= session.s.trials:
@@ -150,7 +155,9 @@ def loop(session: Session, runner: TrialRunner) -> None:
                                 "database, then run the same command to resume.")
             time.sleep(1.0)
             continue
-        write_trials(session)
+        if time.time() - written >= WRITE_EVERY_S:
+            write_trials(session)
+            written = time.time()
         if last is None:
             continue
         fails = fails + 1 if last.state == TrialState.FAIL and \

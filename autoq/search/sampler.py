@@ -15,7 +15,9 @@ two corrections from the trials measured so far:
   the trials (10%) goes anywhere along the resource's range instead, for the rest of
   the front.
 
-`nsga2` and `random` are Optuna's own, for comparison.
+In budget mode (a size budget, no quality target) it proposes the knapsack's plan at the
+budget under perturbed sensitivities instead. `evolve` (evolve.py) is budget mode's
+default; `nsga2` and `random` are Optuna's own, for comparison.
 """
 
 from __future__ import annotations
@@ -48,13 +50,15 @@ class SamplerInputs:
     population: int               # for nsga2
     resource: Mapping[str, Mapping[str, float]] | None = None  # what the study minimises
     #                               per option (seconds for --minimize latency; None: bits)
+    at_size: bool = False         # budget mode: the best quality at max_bits
 
     @property
     def res(self) -> Mapping[str, Mapping[str, float]]:
         return self.bits if self.resource is None else self.resource
 
 
-def inputs_for(prior: Prior, target: Target, seed: int, prior_trials: int) -> SamplerInputs:
+def inputs_for(prior: Prior, target: Target, seed: int, prior_trials: int,
+               at_size: bool = False) -> SamplerInputs:
     """What a study's sampler works from: its prior, and a trial's measured loss."""
     def loss_of(t: FrozenTrial) -> float | None:
         if prior.fp is None:
@@ -64,7 +68,8 @@ def inputs_for(prior: Prior, target: Target, seed: int, prior_trials: int) -> Sa
 
     return SamplerInputs(prior.costs, prior.bits, prior.budget, loss_of, scale=prior.scale,
                          max_bits=prior.max_bits, seed=seed,
-                         population=max(4, min(16, prior_trials)), resource=prior.resource)
+                         population=max(4, min(16, prior_trials)), resource=prior.resource,
+                         at_size=at_size)
 
 
 # ---- the registered samplers (autoq.search.SAMPLERS): SamplerInputs -> an Optuna sampler
@@ -133,6 +138,8 @@ class SensitivitySampler(optuna.samplers.BaseSampler):
         rng = random.Random(f"{self.i.seed}:{trial.number}")
         trials = study.get_trials(deepcopy=False)
         seen = {key(t.params) for t in trials if t.number != trial.number}
+        if self.i.at_size:   # budget mode: the knapsack at the budget, perturbed
+            return self.at_size(rng, seen)
         pairs = []
         for t in trials:
             if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and set(t.params) >= set(self.i.costs):
@@ -147,6 +154,17 @@ class SensitivitySampler(optuna.samplers.BaseSampler):
                 target * math.exp(rng.gauss(0.0, 0.05))
             cfg = propose(rng, self.i.costs, self.i.res, want, self.i.max_bits, self.sigma,
                           self.i.bits)
+            if key(cfg) not in seen:
+                break
+        return cfg
+
+    def at_size(self, rng: random.Random, seen: set) -> dict[str, str]:
+        """The least perturbed-predicted-loss plan at the size budget (filled up to it)."""
+        cfg: dict[str, str] = {}
+        for _ in range(self.tries):
+            noisy = {p: {o: c * math.exp(self.sigma * rng.gauss(0.0, 1.0)) for o, c in row.items()}
+                     for p, row in self.i.costs.items()}
+            cfg = knapsack.at_budget(noisy, self.i.bits, self.i.max_bits) or cfg
             if key(cfg) not in seen:
                 break
         return cfg

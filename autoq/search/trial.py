@@ -16,6 +16,7 @@ import optuna
 from optuna.trial import TrialState
 
 from .. import study as contract
+from . import fidelity
 from .estimate import Estimate, estimate
 from ..metrics import METRICS
 from . import storage as store
@@ -78,6 +79,7 @@ class TrialRunner:
         self.latency = latency  # the latency model: made before the prior when the study
         #                         minimises latency, else at the first trial that needs it
         self.trial_id: int | None = None
+        self.trial: optuna.Trial | None = None   # the running trial
 
     def evaluate(self, resolved, **kw) -> dict:
         return self.session.ev.run(resolved, **kw)
@@ -105,27 +107,29 @@ class TrialRunner:
 
     def _trial(self, trial: optuna.Trial):
         session, target = self.session, self.session.target
+        self.trial = trial
         budget_ok(session.study, trial, session.s.trials)
         labels = {c.param: trial.suggest_categorical(c.param, c.labels) for c in session.choices}
         resolved = session.resolved(labels)
         trial.set_user_attr(contract.ORIGIN, contract.origin(trial.user_attrs))
         trial.set_user_attr(contract.LAYERS, session.plan(resolved, {}).to_json()["layers"])
-        dup = next((t for t in session.study.get_trials(deepcopy=False,
-                                                         states=(TrialState.COMPLETE,))
-                    if t.params == trial.params
-                    and contract.attr(t.user_attrs, contract.METRICS) is not None), None)
-        if dup is not None:
+        dup = scored_before(session.study, trial)
+        if dup is not None:   # a plan is scored once per study: a repeat reuses its result
             metrics = metrics_of(session.study, dup)
             trial.set_user_attr(contract.DUPLICATE_OF, dup.number)
+            if dup.state == TrialState.PRUNED:
+                trial.set_user_attr(contract.METRICS, metrics)
+                raise optuna.TrialPruned(f"the same plan as pruned trial {dup.number}")
         else:
             metrics, verdict = self.score(labels, resolved)
-            if verdict == "infeasible":
-                metrics["latency_ms"] = 1e3 * self.predict(resolved)
+            if verdict in ("infeasible", "pruned"):
+                if not session.s.budget_mode:   # (budget mode: a size study, no latency)
+                    metrics["latency_ms"] = 1e3 * self.predict(resolved)
                 self.constrain(trial, metrics)
                 trial.set_user_attr(contract.METRICS, metrics)
                 trial.set_user_attr(contract.PRUNED_AT, metrics["fraction"])
                 raise optuna.TrialPruned(f"{target.metric} ~{metrics[target.metric]:.4g} after "
-                                         f"{metrics['fraction']:.0%} of the data")
+                                         f"{metrics['fraction']:.0%} of the data ({verdict})")
             trial.set_user_attr(contract.UNITS, metrics.pop("units"))  # a rescore goes on here
             self.add_speed(metrics, resolved)
         trial.set_user_attr(contract.METRICS, metrics)
@@ -133,6 +137,8 @@ class TrialRunner:
             raise FloatingPointError(f"{target.metric} is {metrics[target.metric]} (numerical "
                                      "overflow in the quantized model)")
         self.constrain(trial, metrics)
+        if session.s.budget_mode:   # one objective: quality (the size is the budget)
+            return metrics[target.metric]
         return metrics[session.objective_key], metrics[target.metric]
 
     def constrain(self, trial: optuna.Trial, metrics: dict) -> None:
@@ -146,6 +152,11 @@ class TrialRunner:
         prior = self.prior
         oversize = prior.max_bits is not None and \
             sum(prior.bits[p][o] for p, o in labels.items()) > prior.max_bits
+        if self.session.s.budget_mode and not oversize:   # rung by rung (fidelity.py)
+            sign = -1.0 if self.session.target.higher_is_better else 1.0
+            metrics, pruned = fidelity.score(self.session.ev, resolved, self.trial,
+                                             self.session.rungs, sign, self.evaluate)
+            return metrics, "pruned" if pruned else None
         last: dict = {}  # the verdict and estimate of the last check
 
         def stop(seen: dict[str, list[float]]) -> bool:
@@ -197,6 +208,14 @@ class TrialRunner:
             return
         metrics[session.speed_key] = 1.0 / seconds
         metrics["speed_source"] = "predicted"
+
+
+def scored_before(study: optuna.Study, trial: optuna.Trial):
+    """The finished trial (COMPLETE with metrics, or PRUNED) with `trial`'s plan, if any."""
+    return next((t for t in study.get_trials(deepcopy=False, states=FINISHED)
+                 if t.params == trial.params and t.number != trial.number
+                 and contract.attr(t.user_attrs, contract.METRICS) is not None
+                 and contract.attr(t.user_attrs, contract.DUPLICATE_OF) is None), None)
 
 
 def metrics_of(study: optuna.Study, t, rescored: dict | None = None,
