@@ -32,14 +32,20 @@ baselines: ["4:32"]
 EVENT = re.compile(r"^(loading |baseline |enqueued |\[\d+/\d+\] trial |measuring |timeout )")
 
 
+TARGET = ["--target-ppl", "1000"]
+BUDGET = ["--bits", "5", "--one-shot", "none"]   # budget mode: evolve; a trial is pruned
+#                                                  after 1 window or scored on all 4
+
+
 def search_args(model_dir: Path, data: Path, out: Path, trials: int, study: str = "s",
-                storage: str | None = None, seeds: int = 3) -> list[str]:
+                storage: str | None = None, seeds: int = 3,
+                mode: list[str] = TARGET) -> list[str]:
     space = out.parent / "space.yaml"
     space.write_text(SPACE)
     args = ["search", "--model", f"hf:{model_dir}", "--data", str(data), "--seq-len", "64",
-            "--limit", "4", "--target-ppl", "1000", "--trials", str(trials), "--space",
+            "--limit", "4", "--trials", str(trials), "--space",
             str(space), "--out", str(out), "--study", study, "--prior-trials", str(seeds),
-            "--trial-speed", "predicted"]
+            "--trial-speed", "predicted", *mode]
     return args + (["--storage", storage] if storage else [])
 
 

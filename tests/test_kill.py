@@ -17,11 +17,13 @@ import random
 import statistics
 from collections import Counter
 
+import pytest
+
 from optuna.trial import TrialState
 
 from autoq.models import load_model
 from autoq import study as contract
-from searchkit import Worker, check_study, env, search_args
+from searchkit import BUDGET, TARGET, Worker, check_study, env, search_args
 
 KILLS = 20
 TRIALS = 20
@@ -32,14 +34,19 @@ def phase(worker: Worker) -> str:
     return "trial" if last.startswith("[") else last.split()[0]
 
 
-def test_search_survives_kill_9(tmp_path, tiny_llama_dir, tiny_text_file):
+@pytest.mark.parametrize("mode, kills, trials", [("target", KILLS, TRIALS),
+                                                 ("budget", 8, 24)])
+def test_search_survives_kill_9(tmp_path, tiny_llama_dir, tiny_text_file, mode, kills, trials):
+    """A target study (sensitivity sampler, statistical early stopping) and a budget study
+    (evolve sampler, Optuna's successive-halving pruner)."""
     out = tmp_path / "results"
-    args = search_args(tiny_llama_dir, tiny_text_file, out, TRIALS)
+    args = search_args(tiny_llama_dir, tiny_text_file, out, trials,
+                       mode=TARGET if mode == "target" else BUDGET)
     rng = random.Random(6)
     killed_after, trial_seconds, runs = Counter(), [0.5], 0
-    while sum(killed_after.values()) < KILLS:
+    while sum(killed_after.values()) < kills:
         runs += 1
-        assert runs <= 2 * KILLS, f"only {dict(killed_after)} kills in {runs - 1} runs"
+        assert runs <= 2 * kills, f"only {dict(killed_after)} kills in {runs - 1} runs"
         worker = Worker(args, env(), tmp_path / f"run{runs}.log")
         worker.wait_for_events(rng.randint(0, 4), timeout=120)
         worker.wait_for_events(10**6, timeout=rng.uniform(0, 1.2) * statistics.median(trial_seconds))
@@ -55,12 +62,14 @@ def test_search_survives_kill_9(tmp_path, tiny_llama_dir, tiny_text_file):
     assert "finished trials" in final.output()
 
     shapes = load_model(f"hf:{tiny_llama_dir}").shapes()
-    trials = check_study(out / "s", "s", TRIALS, shapes=shapes)
+    trials = check_study(out / "s", "s", trials, shapes=shapes)
     # the kills hit start-up and running trials, and no config was evaluated twice
-    assert killed_after["start"] + killed_after["loading"] >= 3, killed_after
-    assert killed_after["trial"] >= 3, killed_after
+    assert killed_after["start"] + killed_after["loading"] >= (3 if mode == "target" else 1), \
+        killed_after
+    assert killed_after["trial"] >= (3 if mode == "target" else 2), killed_after
     evaluated = [tuple(sorted(t.params.items())) for t in trials
-                 if t.state == TrialState.COMPLETE and contract.DUPLICATE_OF not in t.user_attrs]
+                 if t.state.is_finished() and t.state != TrialState.FAIL
+                 and contract.DUPLICATE_OF not in t.user_attrs]
     assert len(evaluated) == len(set(evaluated))
     print(f"{runs} runs, kills after: {dict(killed_after)}; "
           f"{sum(t.state == TrialState.FAIL for t in trials)} trials failed by the kills")

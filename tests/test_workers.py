@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from searchkit import Worker, check_study, env, search_args
+from searchkit import BUDGET, Worker, check_study, env, search_args
 
 TRIALS = 10
 
@@ -56,6 +56,14 @@ def test_three_workers_share_the_default_sqlite_storage(tmp_path, tiny_llama_dir
     args = search_args(tiny_llama_dir, tiny_text_file, out, TRIALS)
     run_workers(tmp_path, args, 3, kill_one_after=2)
     check_study(out / "s", "s", TRIALS)
+
+
+def test_two_budget_workers_share_one_sqlite_study(tmp_path, tiny_llama_dir, tiny_text_file):
+    """Budget mode (evolve sampler, successive-halving pruner): exactly --trials too."""
+    out = tmp_path / "results"
+    args = search_args(tiny_llama_dir, tiny_text_file, out, 2 * TRIALS, mode=BUDGET)
+    run_workers(tmp_path, args, 2)
+    check_study(out / "s", "s", 2 * TRIALS)
 
 
 def test_two_workers_share_a_journal_file(tmp_path, tiny_llama_dir, tiny_text_file):
