@@ -44,6 +44,18 @@ def test_measured_bits_equal_formula(nbits, group, fin, fout, expected):
     assert layer_bits((fin, fout), LayerConfig(nbits, group), 32.0) == fin * fout * expected
 
 
+@pytest.mark.parametrize("nbits,group,fin,fout", [
+    (3, 64, 576, 576), (3, 64, 576, 192), (3, 192, 1536, 576), (4, 192, 576, 1536),
+    (2, 64, 576, 192), (8, 192, 576, 576), (4, 64, 64, 48)])
+def test_stored_bits_are_exactly_what_a_layer_stores(nbits, group, fin, fout):
+    """The knapsack's additive sizes (3-bit: 10 values a 32-bit word along the groups, so
+    576 x 576 at 3:64 stores 1,228,800 bits, not 3.7 x 331,776)."""
+    model = nn.Sequential(nn.Linear(fin, fout, bias=False))
+    cfg = LayerConfig(nbits, group)
+    size = measure(quantize_(model, {"0": cfg}, device=CPU, dtype=torch.float32))
+    assert size.size_bytes * 8 == cfg.stored_bits(fin, fout) == layer_bits((fin, fout), cfg, 16)
+
+
 def test_bias_counted_as_stored():
     model = nn.Sequential(nn.Linear(64, 32, bias=True))
     qm = quantize_(model, {"0": LayerConfig(4, 64)}, device=CPU, dtype=torch.float32)

@@ -72,6 +72,11 @@ class LayerConfig:
         """Exact stored bits per weight: packed values + scale/zero metadata."""
         return self.quant.bits_per_weight(self, in_features)
 
+    def stored_bits(self, in_features: int, out_features: int) -> int:
+        """Exactly the bits an (out, in) matrix stores under this config (sizes are
+        additive over matrices: the knapsack's budget arithmetic)."""
+        return self.quant.stored_bits(self, in_features, out_features)
+
     def problem(self, in_features: int, out_features: int) -> str | None:
         """Why this config cannot quantize an (out, in) weight, or None if it can."""
         return self.quant.problem(self, in_features, out_features)

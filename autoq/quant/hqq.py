@@ -81,6 +81,16 @@ class HQQ:
         """Packed weight + 16-bit scale + 16-bit zero, per weight (4:64 -> 4.5)."""
         return STORED_BITS[cfg.nbits] + META_BITS / (cfg.group_size or in_features)
 
+    def stored_bits(self, cfg: LayerConfig, in_features: int, out_features: int) -> int:
+        """Exactly what an (out, in) matrix stores, in bits: `bits_per_weight` times the
+        weights, except that 3-bit values pack 10 to a 32-bit word along the groups, so each
+        of the group's `group_size` columns rounds its word count up."""
+        gs = cfg.group_size or in_features
+        groups = in_features * out_features // gs
+        values = -(-groups // 10) * 32 * gs if cfg.nbits == 3 else \
+            round(STORED_BITS[cfg.nbits] * in_features * out_features)
+        return values + META_BITS * groups
+
     # ---- tensors (import torch and hqq) ---------------------------------------------
     def quantize(self, weight, bias, cfg: LayerConfig, device, dtype, transposed: bool = False,
                  optimize: bool = True):

@@ -38,8 +38,9 @@ BUDGETS = (4.0, 4.5, 5.0, 6.0)   # bits per searched weight (the default of --on
 CALIBRATION = 1                  # search-split units the single-layer KL is measured on ...
 TOKENS = 128                     # ... each cut to its first 128 tokens (LMs)
 SIGNALS = ("sensitivity", "single-layer-kl")
-PLANS = "filled, tied once"   # how the plans are made: knapsack.at_budget fills the budget,
-#                              and a tied matrix's bits are counted once (Choice.stored)
+PLANS = "filled, tied once, exact"   # how the plans are made: knapsack.at_budget fills the
+#                              budget, a tied matrix's bits are counted once (Choice.stored),
+#                              3-bit sizes exact (LayerConfig.stored_bits)
 ONESHOT_FILE = contract.ONESHOT_FILE
 
 

@@ -36,8 +36,9 @@ class Prior:
 
 
 def layer_bits(shape: tuple[int, int], cfg: LayerConfig | None, fp_bits: float) -> float:
+    """A matrix's stored bits, exactly as sizes measure them (autoq.quant.size)."""
     fin, fout = shape
-    return (cfg.bits_per_weight(fin) if cfg else fp_bits) * fin * fout
+    return cfg.stored_bits(fin, fout) if cfg else fp_bits * fin * fout
 
 
 def costs_and_bits(choices: Sequence[Choice], shapes: Mapping[str, tuple[int, int]],
