@@ -22,7 +22,7 @@ from autoq.search.sampler import SamplerInputs
 runner = CliRunner()
 
 SPACE = """format: autoq.space/1
-options: ["8:32", "4:32", "4:64", "2:32"]
+options: ["8:32", "4:32", "4:64", "3:32", "2:32"]
 groups:
   - {name: embed-head, roles: [embedding, head], per_layer: true, options: [null, "8:32", "4:32"]}
   - {name: blocks, match: 'layers\\.', per_layer: true}
@@ -39,7 +39,7 @@ def problems(draw):
     costs, bits = {}, {}
     for i in range(n):
         k = draw(st.integers(2, 5))
-        sizes = sorted(draw(st.lists(st.integers(1, 5000), min_size=k, max_size=k, unique=True)))
+        sizes = sorted(draw(st.lists(st.integers(1, 5000), min_size=k, max_size=k)))  # ties too
         losses = draw(st.lists(st.floats(0.0, 10.0).map(lambda x: round(x, 6)), min_size=k,
                                max_size=k))
         costs[f"c{i}"] = {f"o{j}": losses[j] for j in range(k)}
@@ -131,6 +131,7 @@ def test_budget_mode_best_fits_and_beats_the_one_shot_plan(tmp_path, tiny_llama_
     assert [r["units"] for r in info["fidelity"]["rungs"]] == [1, 2]
     budget = info["max_size_mib"]
     assert len(rows) == 30 and {r["state"] for r in rows} == {"COMPLETE", "PRUNED"}
+    assert all(r["metrics"]["size_mib"] <= budget for r in rows)   # measured, 3-bit too
     best = json.loads((folder / "best.json").read_text())["metrics"]
     assert best["size_mib"] <= budget and best["fraction"] == 1
     oneshot = json.loads((folder / "oneshot.json").read_text())

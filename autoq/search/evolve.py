@@ -44,10 +44,11 @@ def size(cfg: Config, bits: Table) -> float:
 
 
 def step(cfg: Config, p: str, bits: Table, by: int) -> str | None:
-    """The option one level up (by=1) or down (by=-1) from `cfg[p]`; None at the end."""
-    levels = ladder(bits[p])
-    i = levels.index(cfg[p]) + by
-    return levels[i] if 0 <= i < len(levels) else None
+    """The option one level up (by=1) or down (by=-1) from `cfg[p]`: the nearest with
+    more (fewer) bits; None at the end."""
+    levels, now = ladder(bits[p]), bits[p][cfg[p]]
+    ahead = [o for o in (levels if by > 0 else reversed(levels)) if by * (bits[p][o] - now) > 0]
+    return ahead[0] if ahead else None
 
 
 def repair(cfg: Config, costs: Table, bits: Table, max_bits: float) -> Config:
