@@ -31,7 +31,8 @@ from .sampler import SamplerInputs
 
 ELITE = 8          # parents are drawn from the best ELITE complete trials
 CROSSOVER = 0.25   # share of proposals made by crossover (given two parents)
-SIGMA = 0.3        # log-normal noise on the sensitivities that `fill` spends bits by
+SIGMA = 0.3        # log-normal noise on the sensitivities that guide and `fill` use
+GUIDED = 0.5        # share of mutations that switch the best-rated layers (else random ones)
 
 
 def ladder(row: Mapping[str, float]) -> list[str]:
@@ -73,19 +74,27 @@ def mutate(rng: random.Random, cfg: Config, costs: Table, bits: Table, max_bits:
            switches: int = 1) -> Config:
     """`switches` level switches: a random choice one level up, then random others one
     level down until the plan fits the budget; then the left-over bits filled."""
-    out = dict(cfg)
+    out, guess = dict(cfg), noisy(rng, costs)
+    guided = rng.random() < GUIDED
+
+    def rate(p: str, by: int) -> float:   # predicted loss change per bit of a level switch
+        to = step(out, p, bits, by)
+        return (guess[p][to] - guess[p][out[p]]) / (bits[p][to] - bits[p][out[p]])
+
     for _ in range(switches):
         ups = [p for p in out if step(out, p, bits, 1) is not None]
         if not ups:
             break
-        up = rng.choice(ups)
+        up = min(ups, key=lambda p: rate(p, 1)) if guided else rng.choice(ups)
         out[up] = step(out, up, bits, 1)
         downs = [p for p in out if p != up and step(out, p, bits, -1) is not None]
         rng.shuffle(downs)
+        if guided:   # the cheapest first (popped from the end)
+            downs.sort(key=lambda p: rate(p, -1), reverse=True)
         while size(out, bits) > max_bits and downs:
             p = downs.pop()
             out[p] = step(out, p, bits, -1)
-    return knapsack.fill(repair(out, costs, bits, max_bits), noisy(rng, costs), bits, max_bits)
+    return knapsack.fill(repair(out, costs, bits, max_bits), guess, bits, max_bits)
 
 
 def crossover(rng: random.Random, a: Config, b: Config, costs: Table, bits: Table,
