@@ -194,7 +194,7 @@ def test_clicks_own_errors_are_one_line_too(case, line, start, fill, no_loading)
 
 
 def test_the_cli_and_the_checks_import_nothing_heavy():
-    code = ("import sys, autoq.cli, autoq.args, autoq.models, autoq.hub; "
+    code = ("import sys, autoq.cli, autoq.cli.args, autoq.models, autoq.models.hub; "
             "print(sorted(m for m in ('torch', 'transformers', 'timm', 'optuna', 'tqdm') "
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -60,7 +60,8 @@ def greedy(folder, ids: torch.Tensor, n: int) -> list[int]:
 def test_generate_streams_the_greedy_continuation_of_the_chat_prompt(lm_folder):
     r = invoke("generate", lm_folder, "--prompt", "the city of", "-n", 12)
     stats = r.stderr.strip().splitlines()[-1]
-    assert "new tokens; prefill" in stats and "tokens/s (greedy, hqq, cpu)" in stats
+    assert "new tokens; prefill" in stats and \
+        "tokens/s (greedy, torch-int4 bfloat16, static KV cache, eager, cpu;" in stats
     j = json.loads(invoke("generate", lm_folder, "--prompt", "the city of", "-n", 12,
                           "--json").stdout)
     assert j["chat_template"] is True and r.stdout.rstrip("\n") == j["text"]
