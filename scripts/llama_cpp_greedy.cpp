@@ -18,7 +18,11 @@ int main(int argc, char ** argv) {
     const std::string prompt = argv[3];
     llama_log_set([](ggml_log_level, const char *, void *) {}, nullptr);
     llama_backend_init();
-    llama_model * model = llama_model_load_from_file(argv[1], llama_model_default_params());
+    llama_model_params mp = llama_model_default_params();
+    // no AMX / CPU_REPACK buffers: on AMX CPUs their matmul segfaults on any batch > 1
+    // (the prompt; ggml-org/llama.cpp#20824)
+    mp.use_extra_bufts = false;
+    llama_model * model = llama_model_load_from_file(argv[1], mp);
     if (model == nullptr) {
         fprintf(stderr, "error: llama.cpp could not load %s\n", argv[1]);
         return 1;
