@@ -20,6 +20,7 @@ engine used and the reason for any fallback are reported. ViTs: images/s at batc
 
 from __future__ import annotations
 
+import inspect
 import statistics
 import time
 from typing import Callable, TypeVar
@@ -110,20 +111,32 @@ class StaticDecoder:
         self.new_tokens, self.pick = new_tokens, pick
         self.cache = StaticCache(config=self.model.config,
                                  max_cache_len=self.ids.shape[1] + new_tokens)
+        self.pos = torch.zeros(1, 1, dtype=torch.long, device=self.device)  # next position
+        self.cache_kw = "cache" if "cache" in inspect.signature(self.model.forward).parameters \
+            else "past_key_values"   # transformers renamed it in 5.x
         self.mode = mode
         self.step = self._step
         if mode == "compiled":
             torch._dynamo.reset()  # a new plan means new modules: compile afresh
-            self.step = torch.compile(self._step, fullgraph=False, mode="reduce-overhead"
-                                      if self.device.type == "cuda" else None)
+            self.step = torch.compile(self._step, fullgraph=False, dynamic=False,
+                                      mode="reduce-overhead" if self.device.type == "cuda"
+                                      else None)
         self.graph = None
 
-    def _step(self, tok: torch.Tensor) -> torch.Tensor:
-        out = self.model(input_ids=tok, past_key_values=self.cache, use_cache=True)
+    def _forward(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        out = self.model(input_ids=ids, position_ids=positions, use_cache=True,
+                         logits_to_keep=1, **{self.cache_kw: self.cache})
         return self.pick(out.logits[:, -1:])
 
+    def _step(self, tok: torch.Tensor) -> torch.Tensor:
+        """One decode step; its position is a device tensor, advanced in place (a captured
+        or compiled step reads nothing back to the host)."""
+        nxt = self._forward(tok, self.pos)
+        self.pos.add_(1)
+        return nxt
+
     def _capture(self, tok: torch.Tensor) -> None:
-        """Record one decode step (it reads its position from the cache's tensors)."""
+        """Record one decode step (it reads and advances its position on the device)."""
         self.tok_in = tok.clone()
         self.graph, self.tok_out = capture(lambda: self._step(self.tok_in), self.device)
 
@@ -134,8 +147,10 @@ class StaticDecoder:
 
     def _prefill(self) -> torch.Tensor:
         self.cache.reset()  # in place: a captured graph keeps pointing at the same tensors
-        out = self.model(input_ids=self.ids, past_key_values=self.cache, use_cache=True)
-        return self.pick(out.logits[:, -1:])
+        n = self.ids.shape[1]
+        first = self._forward(self.ids, torch.arange(n, device=self.device)[None])
+        self.pos.fill_(n)
+        return first
 
     @torch.inference_mode()
     def run(self, on_token: Callable[[torch.Tensor], bool] | None = None
