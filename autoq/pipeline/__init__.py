@@ -64,9 +64,10 @@ def quantize(loaded: LoadedModel, resolved: Resolved, *, cache: LayerCache | Non
     return measure(qm)
 
 
-def serve(loaded: LoadedModel, backend: str) -> dict:
-    """Convert the quantized layers `backend` serves (autoq.serve); the serving report."""
-    return prepare_(loaded.quantized, backend)
+def serve(loaded: LoadedModel, backend: str, release: bool = False) -> dict:
+    """Convert the quantized layers `backend` serves (autoq.serve); the serving report.
+    `release`: the model is only served from now on (packed copies dropped)."""
+    return prepare_(loaded.quantized, backend, release)
 
 
 def evaluate(loaded: LoadedModel, task, dataset, reference: Mapping | None = None) -> dict:
@@ -90,4 +91,4 @@ def open_folder(folder: str | Path, device: str = "auto", backend: str = "auto",
     dt = getattr(torch, computes_in) if dtype == "auto" and computes_in and \
         saved.kind_of(folder).low_precision_inputs else pick_dtype(dtype, dev)
     loaded = saved.load(folder, dev, dt)
-    return loaded, prepare_(loaded.quantized, name, release=True)
+    return loaded, serve(loaded, name, release=True)
