@@ -91,6 +91,21 @@ def test_generate_without_the_chat_template_and_with_sampling(lm_folder):
         "--json").stdout)["sampling"]
 
 
+def test_every_decode_loop_gives_the_same_greedy_text(lm_folder):
+    """The static-cache loop (the CPU default), its compiled step and transformers'
+    generate decode the same tokens; the last line says which ran."""
+    texts = {}
+    for engine in ("static", "generate", "compiled"):
+        r = invoke("generate", lm_folder, "--prompt", "the city of", "-n", 6, "--engine", engine,
+                   "--json")
+        j = json.loads(r.stdout)
+        texts[engine] = j["text"]
+        assert j["engine"].startswith({"static": "static KV cache, eager",
+                                       "generate": "transformers generate",
+                                       "compiled": "static KV cache, torch.compile"}[engine])
+    assert texts["static"] == texts["generate"] == texts["compiled"]
+
+
 def test_predict_names_the_digits(digits_folder, tmp_path):
     from PIL import Image
     from sklearn.datasets import load_digits
