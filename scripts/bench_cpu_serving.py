@@ -2,7 +2,7 @@
 prompt, SmolLM2-135M-Instruct, every engine in one run on the same cores.
 
     python scripts/bench_cpu_serving.py --plan u4=PLAN.json --plan best=PLAN.json \
-        --llama-cpp DIR [--out results/benchmarks/cpu-serving]
+        --llama-cpp DIR [--threads N] [--out results/benchmarks/cpu-serving]
 
 Rows: the unquantized model (fp32, bf16), each plan on HQQ's own torch forward
 (`--backend hqq`, fp32), on torch-int4 (`autoq.load`'s default: a bf16 model; and in fp32),
@@ -58,6 +58,8 @@ def row(spec: dict) -> dict:
     import torch
 
     from autoq import pipeline
+
+    torch.set_num_threads(spec["threads"])
     from autoq.quant.size import measure
 
     if spec["plan"] is None:   # the unquantized model
@@ -77,17 +79,18 @@ def row(spec: dict) -> dict:
 
 
 # ---- llama.cpp ----------------------------------------------------------------------------
-def llama_cpp(tool: Path, gguf: Path, amx: bool) -> dict:
+def llama_cpp(tool: Path, gguf: Path, amx: bool, threads: int) -> dict:
     env = {**os.environ, "LLAMA_EXTRA_BUFTS": "1" if amx else "0",
            "LLAMA_PROMPT_ONE_BY_ONE": "1" if amx else "0"}
-    out = subprocess.run([str(tool), str(gguf), str(NEW_TOKENS), "2", str(REPEATS), PROMPT],
+    out = subprocess.run([str(tool), str(gguf), str(NEW_TOKENS), str(threads), str(REPEATS),
+                          PROMPT],
                          env=env, capture_output=True, text=True, check=True).stdout
     median = re.search(r"median ([\d.]+) ms/token", out)
     best = re.search(r"best ([\d.]+) ms/token", out)
     ids = re.search(r"first new ids:(.*)", out)
     ms = float(median.group(1))
     size = gguf.stat().st_size / 2**20
-    return {"engine": f"llama.cpp, 2 threads, AMX repacking {'on' if amx else 'off'}",
+    return {"engine": f"llama.cpp, AMX repacking {'on' if amx else 'off'}",
             "ms_per_token": ms, "tokens_per_s": 1e3 / ms, "best_ms_per_token": float(best.group(1)),
             "gb_per_s": size * 2**20 * 1e3 / ms / 1e9, "memory_mib": size,
             "tokens": [int(t) for t in ids.group(1).split()][:16]}
@@ -158,6 +161,8 @@ def main() -> None:
     ap.add_argument("--llama-cpp", type=Path, help="the folder scripts/build_llama_cpp.sh built")
     ap.add_argument("--out", type=Path, default=ROOT / "results/benchmarks/cpu-serving")
     ap.add_argument("--work", type=Path, default=ROOT / "results/benchmarks/cpu-serving/work")
+    ap.add_argument("--threads", type=int, default=os.cpu_count(),
+                    help="threads of every engine (default: all cores)")
     ap.add_argument("--row", help=argparse.SUPPRESS)   # internal: one autoq row, as JSON
     a = ap.parse_args()
     if a.row:
@@ -169,6 +174,7 @@ def main() -> None:
     rows = []
     a.out.mkdir(parents=True, exist_ok=True)
     for spec in specs(prepared):
+        spec["threads"] = a.threads
         done = subprocess.run([sys.executable, __file__, "--row", json.dumps(spec)], check=True,
                               capture_output=True, text=True, cwd=ROOT)
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
@@ -176,14 +182,15 @@ def main() -> None:
               [round(r["ms_per_token"], 2) for r in rows[-1]["runs"]], flush=True)
     if a.llama_cpp:
         for name, (_, gguf) in prepared.items():
-            runs = [llama_cpp(a.llama_cpp / "llama_cpp_time", gguf, amx) for amx in (False, True)]
+            runs = [llama_cpp(a.llama_cpp / "llama_cpp_time", gguf, amx, a.threads)
+                    for amx in (False, True)]
             rows.append({"name": f"{name} llama.cpp", "plan": name, "gguf": gguf.name,
                          "memory_mib": runs[0]["memory_mib"], "runs": runs})
             print(rows[-1]["name"], [round(r["ms_per_token"], 2) for r in runs], flush=True)
     import torch
     summary = {"format": "autoq.bench.cpu-serving/1", "command": " ".join(sys.argv),
                "protocol": f"batch 1, greedy, prompt {PROMPT!r}, {NEW_TOKENS} new tokens, "
-                           f"median of {REPEATS} runs after a warm-up, 2 threads",
+                           f"median of {REPEATS} runs after a warm-up, {a.threads} threads",
                "machine": {"cpu": platform.processor() or platform.machine(),
                            "cores": os.cpu_count(), "load_before": os.getloadavg()},
                "versions": {"torch": torch.__version__, "python": platform.python_version()},

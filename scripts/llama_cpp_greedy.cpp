@@ -2,7 +2,7 @@
 //   llama_cpp_greedy MODEL.gguf N_NEW "PROMPT"
 // prints "prompt <ids>" (llama.cpp's own tokenization, special tokens parsed) and
 // "new <ids>" (greedy, stops at end of generation). Built by scripts/build_llama_cpp.sh.
-#include "llama.h"
+#include "llama_cpp_common.h"
 
 #include <cstdio>
 #include <cstdlib>
@@ -28,15 +28,9 @@ int main(int argc, char ** argv) {
         return 1;
     }
     const llama_vocab * vocab = llama_model_get_vocab(model);
-    const int n = -llama_tokenize(vocab, prompt.c_str(), prompt.size(), nullptr, 0, true, true);
-    std::vector<llama_token> tokens(n);
-    llama_tokenize(vocab, prompt.c_str(), prompt.size(), tokens.data(), n, true, true);
-
-    llama_context_params cp = llama_context_default_params();
-    cp.n_ctx = n + n_new + 8;
-    cp.n_batch = n;
-    cp.n_threads = cp.n_threads_batch = 2;
-    llama_context * ctx = llama_init_from_model(model, cp);
+    std::vector<llama_token> tokens = prompt_tokens(vocab, prompt);
+    const int n = tokens.size();
+    llama_context * ctx = greedy_context(model, n, n_new, 2);
     llama_sampler * greedy = llama_sampler_chain_init(llama_sampler_chain_default_params());
     llama_sampler_chain_add(greedy, llama_sampler_init_greedy());
 

@@ -10,7 +10,7 @@
 // segfaults in ggml_backend_amx_mul_mat on any batch > 1 (the prompt), as
 // llama_cpp_greedy does (known: ggml-org/llama.cpp#20824). With LLAMA_PROMPT_ONE_BY_ONE=1
 // the prompt is decoded as single-token batches, so the AMX path can be timed too.
-#include "llama.h"
+#include "llama_cpp_common.h"
 
 #include <algorithm>
 #include <chrono>
@@ -43,16 +43,9 @@ int main(int argc, char ** argv) {
     llama_model * model = llama_model_load_from_file(argv[1], mp);
     if (model == nullptr) { fprintf(stderr, "error: cannot load %s\n", argv[1]); return 1; }
     const llama_vocab * vocab = llama_model_get_vocab(model);
-    const int n = -llama_tokenize(vocab, prompt.c_str(), prompt.size(), nullptr, 0, true, true);
-    std::vector<llama_token> tokens(n);
-    llama_tokenize(vocab, prompt.c_str(), prompt.size(), tokens.data(), n, true, true);
-
-    llama_context_params cp = llama_context_default_params();
-    cp.n_ctx = n + n_new + 8;
-    cp.n_batch = n;
-    cp.n_threads = cp.n_threads_batch = n_threads;
-    cp.no_perf = false;
-    llama_context * ctx = llama_init_from_model(model, cp);
+    std::vector<llama_token> tokens = prompt_tokens(vocab, prompt);
+    const int n = tokens.size();
+    llama_context * ctx = greedy_context(model, n, n_new, n_threads);
     llama_sampler * greedy = llama_sampler_chain_init(llama_sampler_chain_default_params());
     llama_sampler_chain_add(greedy, llama_sampler_init_greedy());
     printf("prompt tokens %d, new tokens %d, threads %d, use_extra_bufts %d\n", n, n_new,
