@@ -111,7 +111,7 @@ BAD = [
     ("device", "eval -m {llama} --device tpu", "--device 'tpu' is not auto, cpu, cuda or cuda:N."),
     ("dtype", "eval -m {llama} --dtype fp8", "--dtype 'fp8' is not one of auto, fp32, fp16, bf16."),
     ("backend", "apply {plan} --backend triton",
-     "--backend 'triton' is not one of auto, hqq, gemlite."),
+     "--backend 'triton' is not one of auto, hqq, gemlite, torch-int4."),
     ("sampler", "search -m {llama} --target-ppl 10 --sampler cma",
      "--sampler 'cma' is not one of sensitivity, nsga2, random."),
     ("trial-speed", "search -m {llama} --target-ppl 10 --trial-speed fast",
