@@ -2,7 +2,7 @@
 //   llama_cpp_greedy MODEL.gguf N_NEW "PROMPT"
 // prints "prompt <ids>" (llama.cpp's own tokenization, special tokens parsed) and
 // "new <ids>" (greedy, stops at end of generation). Built by scripts/build_llama_cpp.sh.
-#include "llama.h"
+#include "llama_cpp_common.h"
 
 #include <cstdio>
 #include <cstdlib>
@@ -18,21 +18,19 @@ int main(int argc, char ** argv) {
     const std::string prompt = argv[3];
     llama_log_set([](ggml_log_level, const char *, void *) {}, nullptr);
     llama_backend_init();
-    llama_model * model = llama_model_load_from_file(argv[1], llama_model_default_params());
+    llama_model_params mp = llama_model_default_params();
+    // no AMX / CPU_REPACK buffers: on AMX CPUs their matmul segfaults on any batch > 1
+    // (the prompt; ggml-org/llama.cpp#20824)
+    mp.use_extra_bufts = false;
+    llama_model * model = llama_model_load_from_file(argv[1], mp);
     if (model == nullptr) {
         fprintf(stderr, "error: llama.cpp could not load %s\n", argv[1]);
         return 1;
     }
     const llama_vocab * vocab = llama_model_get_vocab(model);
-    const int n = -llama_tokenize(vocab, prompt.c_str(), prompt.size(), nullptr, 0, true, true);
-    std::vector<llama_token> tokens(n);
-    llama_tokenize(vocab, prompt.c_str(), prompt.size(), tokens.data(), n, true, true);
-
-    llama_context_params cp = llama_context_default_params();
-    cp.n_ctx = n + n_new + 8;
-    cp.n_batch = n;
-    cp.n_threads = cp.n_threads_batch = 2;
-    llama_context * ctx = llama_init_from_model(model, cp);
+    std::vector<llama_token> tokens = prompt_tokens(vocab, prompt);
+    const int n = tokens.size();
+    llama_context * ctx = greedy_context(model, n, n_new, 2);
     llama_sampler * greedy = llama_sampler_chain_init(llama_sampler_chain_default_params());
     llama_sampler_chain_add(greedy, llama_sampler_init_greedy());
 

@@ -127,7 +127,7 @@ BAD = [
     ("device", "eval -m {llama} --device tpu", "--device 'tpu' is not auto, cpu, cuda or cuda:N."),
     ("dtype", "eval -m {llama} --dtype fp8", "--dtype 'fp8' is not one of auto, fp32, fp16, bf16."),
     ("backend", "apply {plan} --backend triton",
-     "--backend 'triton' is not one of auto, hqq, gemlite."),
+     "--backend 'triton' is not one of auto, hqq, gemlite, torch-int4."),
     ("sampler", "search -m {llama} --target-ppl 10 --sampler cma",
      "--sampler 'cma' is not one of sensitivity, nsga2, random, evolve."),
     ("trial-speed", "search -m {llama} --target-ppl 10 --trial-speed fast",
@@ -210,7 +210,7 @@ def test_clicks_own_errors_are_one_line_too(case, line, start, fill, no_loading)
 
 
 def test_the_cli_and_the_checks_import_nothing_heavy():
-    code = ("import sys, autoq.cli, autoq.args, autoq.models, autoq.hub; "
+    code = ("import sys, autoq.cli, autoq.cli.args, autoq.models, autoq.models.hub; "
             "print(sorted(m for m in ('torch', 'transformers', 'timm', 'optuna', 'tqdm') "
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

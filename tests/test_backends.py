@@ -98,11 +98,11 @@ def test_a_gemlite_search_keeps_per_layer_the_options_gemlite_serves():
 
 # ---- availability ------------------------------------------------------------------
 def test_require_backend_on_cpu():
-    assert require_backend("auto", CPU) == "hqq"
+    assert require_backend("auto", CPU) == "torch-int4"   # torch's int4 CPU kernels
     assert require_backend("hqq", CPU) == "hqq"
-    with pytest.raises(UserError, match="needs a CUDA GPU.*--backend hqq"):
+    with pytest.raises(UserError, match="needs a CUDA GPU.*--backend torch-int4"):
         require_backend("gemlite", CPU)
-    with pytest.raises(UserError, match="not one of auto, hqq, gemlite"):
+    with pytest.raises(UserError, match="not one of auto, hqq, gemlite, torch-int4"):
         require_backend("triton", CPU)
 
 
@@ -112,6 +112,8 @@ def test_require_backend_with_cuda(monkeypatch):
     assert require_backend("auto", "cuda") == "gemlite"
     assert require_backend("gemlite", "cuda:0") == "gemlite"
     assert require_backend("hqq", "cuda") == "hqq"
+    with pytest.raises(UserError, match="--backend torch-int4 needs a CPU.*--backend gemlite"):
+        require_backend("torch-int4", "cuda")
     monkeypatch.setattr(backends, "package_installed", lambda name: False)
     assert require_backend("auto", "cuda") == "hqq"
     with pytest.raises(UserError, match="pip install 'gemlite==0.6.0.post2'"):
@@ -172,7 +174,9 @@ def test_prepare_hqq_changes_nothing():
     model = small_model()
     qm = quantize_(model, PLAN, device=CPU, dtype=torch.float32)
     mods = dict(model.named_children())
-    assert prepare_(qm, "hqq") == {"backend": "hqq", "served_layers": 0, "fallback": {}}
+    report = prepare_(qm, "hqq")
+    assert {k: report[k] for k in ("backend", "served_layers", "fallback")} == \
+        {"backend": "hqq", "served_layers": 0, "fallback": {}}
     assert dict(model.named_children()) == mods
 
 
@@ -236,7 +240,7 @@ def test_cli_gemlite_without_cuda_is_one_sentence_exit_2(tmp_path):
     assert r.exit_code == 2 and "needs a CUDA GPU" in r.output
     assert not (tmp_path / "q").exists()
     r = runner.invoke(app, ["eval", "--backend", "fast", "--device", "cpu", "--quiet"])
-    assert r.exit_code == 2 and "not one of auto, hqq, gemlite" in r.output
+    assert r.exit_code == 2 and "not one of auto, hqq, gemlite, torch-int4" in r.output
 
 
 def test_cli_eval_reports_the_backend(tiny_llama_dir, tiny_text_file):
@@ -245,4 +249,14 @@ def test_cli_eval_reports_the_backend(tiny_llama_dir, tiny_text_file):
                                  "--uniform", "4:32", "--device", "cpu", "--json"])
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout.strip().splitlines()[-1])
-    assert out["backend"] == "hqq" and out["fallback"] == {} and out["served_layers"] == 0
+    assert out["backend"] == "torch-int4" and out["fallback"] == {}   # auto on a CPU
+    assert out["served_layers"] == 14 and set(out["layers"].values()) == \
+        {"int4: 4-bit codes in the int4 kernel"}
+    r = CliRunner().invoke(app, ["eval", "--model", f"hf:{tiny_llama_dir}", "--data",
+                                 str(tiny_text_file), "--seq-len", "32", "--limit", "2",
+                                 "--uniform", "4:32", "--device", "cpu", "--json",
+                                 "--backend", "hqq"])
+    hqq = json.loads(r.stdout.strip().splitlines()[-1])
+    assert hqq["backend"] == "hqq" and hqq["served_layers"] == 0
+    assert hqq["ppl"] == out["ppl"]     # quality: the method's own fp32 arithmetic either way
+    assert hqq["size_mib"] == out["size_mib"]

@@ -46,8 +46,9 @@ def test_help_has_no_type_placeholders_and_one_default_style(command):
 
 def test_search_help_lists_choices_and_groups_its_options():
     text = help_of("search")
-    for choices in ("[auto|hqq|gemlite]", "[auto|cpu|cuda|cuda:N]", "[auto|fp32|fp16|bf16]",
-                    "[sensitivity|nsga2|random|evolve]", "[predicted|measured]", "[size|latency]",
+    for choices in ("[auto|hqq|gemlite|torch-int4]", "[auto|cpu|cuda|cuda:N]",
+                    "[auto|fp32|fp16|bf16]", "[sensitivity|nsga2|random|evolve]",
+                    "[predicted|measured]", "[size|latency]",
                     "[cifar100|digits|wikitext2]"):
         assert choices in text
     for panel in ("Model & data", "Target", "Search budget", "Search space & sampler",

@@ -60,7 +60,8 @@ def greedy(folder, ids: torch.Tensor, n: int) -> list[int]:
 def test_generate_streams_the_greedy_continuation_of_the_chat_prompt(lm_folder):
     r = invoke("generate", lm_folder, "--prompt", "the city of", "-n", 12)
     stats = r.stderr.strip().splitlines()[-1]
-    assert "new tokens; prefill" in stats and "tokens/s (greedy, hqq, cpu)" in stats
+    assert "new tokens; prefill" in stats and \
+        "tokens/s (greedy, torch-int4 bfloat16, static KV cache, eager, cpu;" in stats
     j = json.loads(invoke("generate", lm_folder, "--prompt", "the city of", "-n", 12,
                           "--json").stdout)
     assert j["chat_template"] is True and r.stdout.rstrip("\n") == j["text"]
@@ -88,6 +89,21 @@ def test_generate_without_the_chat_template_and_with_sampling(lm_folder):
     assert sampled[0] == sampled[1] and "temperature 1.5" in json.loads(invoke(
         "generate", lm_folder, "--prompt", "the", "-n", 2, "--temperature", 1.5,
         "--json").stdout)["sampling"]
+
+
+def test_every_decode_loop_gives_the_same_greedy_text(lm_folder):
+    """The static-cache loop (the CPU default), its compiled step and transformers'
+    generate decode the same tokens; the last line says which ran."""
+    texts = {}
+    for engine in ("static", "generate", "compiled"):
+        r = invoke("generate", lm_folder, "--prompt", "the city of", "-n", 6, "--engine", engine,
+                   "--json")
+        j = json.loads(r.stdout)
+        texts[engine] = j["text"]
+        assert j["engine"].startswith({"static": "static KV cache, eager",
+                                       "generate": "transformers generate",
+                                       "compiled": "static KV cache, torch.compile"}[engine])
+    assert texts["static"] == texts["generate"] == texts["compiled"]
 
 
 def test_predict_names_the_digits(digits_folder, tmp_path):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections import Counter
 
 import typer
 
@@ -54,6 +55,8 @@ def table(title: str, rows: dict) -> None:
 
     out = Table(title=title, show_header=False)
     for key, value in rows.items():
+        if isinstance(value, dict) and len(value) > 8:   # per layer: how many of each
+            value = dict(Counter(map(str, value.values())).most_common())
         out.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
     Console().print(out)
 

@@ -24,6 +24,8 @@ class Kind:
     default_space: str
     speed_key: str          # the metric key of its speed
     unit: str               # what one predicted latency produces
+    low_precision_inputs: bool  # its inputs are ids, so serving it in the backend's compute
+    #                             dtype (bf16) asks nothing of the caller
 
     def heads(self, model: nn.Module) -> set[str]:
         """Full names of the model's output layers (kept unless a plan names them)."""
@@ -72,6 +74,7 @@ class LanguageModel(Kind):
     name, words = "lm", "a causal language model"
     default_task, default_space = "wikitext2", "lm-per-layer"
     speed_key, unit = "tokens_per_s", "token"
+    low_precision_inputs = True
 
     def heads(self, model):
         out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
@@ -149,6 +152,7 @@ class ImageClassifier(Kind):
     name, words = "vit", "an image classifier (ViT)"
     default_task, default_space = "cifar100", "vit-per-layer"
     speed_key, unit = "images_per_s", "image"
+    low_precision_inputs = False   # a float image tensor: the model stays in fp32 on a CPU
 
     def heads(self, model):
         get = getattr(model, "get_classifier", None)

@@ -172,6 +172,15 @@ class _Cast:
         return self.done[key]
 
 
+def kind_of(folder: str | Path):
+    """The kind (autoq.models.kinds) of a saved folder, read from its autoq.json."""
+    try:
+        return KINDS[json.loads((Path(folder) / "autoq.json").read_text())["kind"]]
+    except (OSError, ValueError, KeyError) as e:
+        raise UserError(f"{folder}: not a folder written by `autoq apply` "
+                        f"({e.__class__.__name__}); give the --out folder of apply.")
+
+
 def load(folder: str | Path, device: torch.device, dtype: torch.dtype) -> LoadedModel:
     folder = Path(folder)
     try:

@@ -31,7 +31,7 @@ from ..plan import Plan, tie_notes
 from ..quant import LayerConfig
 from ..quant.cache import LayerCache
 from ..quant.size import Size, measure
-from ..serve import require_backend
+from ..serve import BACKENDS, require_backend
 from ..serve.backend import prepare_
 
 Resolved = Mapping[str, "LayerConfig | None"]
@@ -64,9 +64,10 @@ def quantize(loaded: LoadedModel, resolved: Resolved, *, cache: LayerCache | Non
     return measure(qm)
 
 
-def serve(loaded: LoadedModel, backend: str) -> dict:
-    """Convert the quantized layers `backend` serves (autoq.serve); the serving report."""
-    return prepare_(loaded.quantized, backend)
+def serve(loaded: LoadedModel, backend: str, release: bool = False) -> dict:
+    """Convert the quantized layers `backend` serves (autoq.serve); the serving report.
+    `release`: the model is only served from now on (packed copies dropped)."""
+    return prepare_(loaded.quantized, backend, release)
 
 
 def evaluate(loaded: LoadedModel, task, dataset, reference: Mapping | None = None) -> dict:
@@ -78,11 +79,16 @@ def open_folder(folder: str | Path, device: str = "auto", backend: str = "auto",
                 dtype: str = "auto") -> tuple[LoadedModel, dict]:
     """A folder written by `autoq apply`, loaded on `device` in `dtype` and served by
     `backend` ("auto": the device's fastest installed backend): (the model, the
-    serving report)."""
+    serving report). dtype "auto" is the backend's compute dtype when it has one
+    (torch-int4: bf16) and the model takes token ids, else fp16 on a GPU and fp32 on a
+    CPU. Only served from now on:
+    the converted layers drop their packed copies."""
     from ..models import saved
 
     dev = pick_device(device)
-    dt = pick_dtype(dtype, dev)
     name = require_backend(backend, dev)
+    computes_in = BACKENDS.get(name).computes_in
+    dt = getattr(torch, computes_in) if dtype == "auto" and computes_in and \
+        saved.kind_of(folder).low_precision_inputs else pick_dtype(dtype, dev)
     loaded = saved.load(folder, dev, dt)
-    return loaded, serve(loaded, name)
+    return loaded, serve(loaded, name, release=True)

@@ -24,7 +24,8 @@ from ..progress import say
 from ..quant import LayerConfig
 from ..quant.cache import LayerCache
 from ..quant.size import Size
-from ..serve import require_backend
+from ..serve import BACKENDS, require_backend
+from ..serve.backend import plan_serving
 from ..tasks import get_task
 from ..tasks.kld import Top
 from . import load, quantize, resolve, serve
@@ -162,9 +163,16 @@ class Evaluator:
         scored (each unit is scored on its own, so the result is the same). `capture`
         collects this model's own top-k per unit (for the fp model: the reference)."""
         sp = self.split(split)
-        size, served = self.serve(resolved, reasons)
+        # quality through the backend's kernels when they compute in this run's dtype (else
+        # through the method's own arithmetic; the backend then serves the speed only)
+        through = BACKENDS.get(self.backend).computes_in in (None, str(self.dtype)[6:])
+        if through:
+            size, served = self.serve(resolved, reasons)
+        else:
+            size = self.apply(resolved, reasons=reasons)
+            served = plan_serving(self.loaded.quantized, self.backend)[0]
         t = time.perf_counter()
-        fast = self.fast_scoring and self.backend == "hqq"
+        fast = self.fast_scoring and not (through and self.backend != "hqq")
         if fast:  # score from once-dequantized weights: same outputs, no per-call unpacking
             self._swap(resolved, fast=True)
         names = [self.task.metric] + (["kld"] if sp.reference is not None else [])
@@ -193,7 +201,11 @@ class Evaluator:
                     **served, "eval_seconds": time.perf_counter() - t,
                     "fraction": n / sp.total, "units": seen})
         if speed:
+            if fast or not through:   # the speed of the model as served
+                size, served = self.serve(resolved, reasons)
+                out.update(served)
             out.update(self.speed(size))
+        out["memory_mib"] = served.get("memory_mib", size.memory_mib)  # as served, if it was
         out["protocol"] = sp.protocol
         out["device"] = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" \
             else "cpu"

@@ -105,9 +105,12 @@ def measure(qm) -> Size:
 def resident_bytes(qm) -> int:
     """Bytes of every distinct tensor the model holds now: parameters and persistent
     buffers of its module tree (a serving backend's kernels' tensors included), the
-    packed layers in use and the unquantized experts."""
+    packed layers it runs (not those a backend converted: their packed copy is kept for
+    the layer cache and `.weight` reads only, and a served model drops it) and the
+    unquantized experts."""
     from . import method_of
 
+    modules = dict(qm.model.named_modules())
     count = _Counter()
     for module in qm.model.modules():
         for t in module.parameters(recurse=False):
@@ -115,7 +118,9 @@ def resident_bytes(qm) -> int:
         for name, t in module.named_buffers(recurse=False):
             if name not in module._non_persistent_buffers_set:
                 count.add(t)
-    for layer in qm.installed.values():
+    for name, layer in qm.installed.items():
+        if getattr(modules.get(name), "served", False):
+            continue
         for t in [*method_of(layer).tensors(layer), layer.bias]:
             count.add(t)
     for fp in _fp_experts(qm.model):

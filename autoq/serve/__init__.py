@@ -4,7 +4,9 @@ Backends (`BACKENDS`, one file each; autoq/serve/backend.py says what one is):
 
 - `hqq`: the method's own torch forward (HQQ: dequantize, then matmul); serves every
   config on any device, and is every other backend's per-layer fallback;
-- `gemlite`: gemlite's Triton kernels (CUDA; 1/2/4/8-bit, group >= 16).
+- `gemlite`: gemlite's Triton kernels (CUDA; 1/2/4/8-bit, group >= 32);
+- `torch-int4`: torch's own int4 CPU kernels (every HQQ layer exactly: <= 4-bit in one
+  call, 8-bit as two 4-bit halves, the rest dequantized once), `--backend auto` on a CPU.
 
 Beside them: speed.py (honest timing of a whole model), latency.py (a plan's time
 predicted from per-layer micro-benchmarks), generate.py / predict.py (running a
@@ -20,9 +22,12 @@ from ..registry import Registry
 BACKENDS = Registry("serving backend", {
     "hqq": "autoq.serve.hqq:BACKEND",
     "gemlite": "autoq.serve.gemlite:BACKEND",
+    "torch-int4": "autoq.serve.torch_int4:BACKEND",
 })
-AUTO = {"cuda": ("gemlite", "hqq"), "cpu": ("hqq",)}   # --backend auto: the first available
+AUTO = {"cuda": ("gemlite", "hqq"), "cpu": ("torch-int4", "hqq")}  # --backend auto: the first
+#                                                                    installed
 DEVICES = {"cuda": "a CUDA GPU", "cpu": "a CPU"}
+ENGINES = ("auto", "generate", "static", "compiled")   # decode loops of autoq.serve.generate
 
 
 def require_backend(name: str, device) -> str:

@@ -36,6 +36,7 @@ class Backend:
     package: str | None = None                             # its pip requirement, if any
     how: Callable[[LayerConfig, int, int], tuple[str, str]] | None = None  # which of its
     #                                  modules serves a layer, and why that one
+    computes_in: str | None = None   # the dtype its kernels compute in (None: the model's)
 
     def installed(self) -> bool:
         return self.package is None or package_installed(self.package.split("=")[0])
@@ -89,21 +90,16 @@ NOT_MATMULS = {"embedding": "a lookup: rows are gathered from the packed table",
                "expert": "an expert: dequantized one expert at a time in torch"}
 
 
-def prepare_(qm, backend: str, release: bool = False) -> dict:
-    """Serve every quantized linear layer of the quantized model `qm` with `backend` where
-    it can, in place. Returns {"backend", "served_layers": how many it converted,
-    "layers": {name: what serves it and why} (backends with several kernels),
-    "fallback": {name: why that layer stays on the method's own forward}}. `release`:
-    converted layers drop their packed form (a model only served, never saved again)."""
-    from ..quant.layers import set_module
-
+def plan_serving(qm, backend: str) -> tuple[dict, list[str]]:
+    """What `prepare_` would do, without converting anything: (the serving report, the
+    layers the backend converts). The report is {"backend", "served_layers": how many it
+    converts, "fallback": {name: why that layer stays on the method's own forward}, and
+    for a backend with several kernels "layers": {name: which one serves it, and why}}."""
     b = BACKENDS.get(backend)
-    served, fallback, kinds = {}, {}, {}
-    for name, layer in qm.installed.items():
-        if b.takes is None:
-            served[name] = backend
-            continue
-        method, cfg = method_of(layer), method_of(layer).config_of(layer)
+    converted, fallback, kinds = [], {}, {}
+    for name, layer in (qm.installed.items() if b.takes is not None else ()):
+        method = method_of(layer)
+        cfg = method.config_of(layer)
         why = NOT_MATMULS.get(qm.units[name].type) or \
             (None if b.takes in method.forms else
              f"{b.name} takes {b.takes} tensors, which {method.name} does not make") or \
@@ -113,19 +109,32 @@ def prepare_(qm, backend: str, release: bool = False) -> dict:
         if why:
             fallback[name] = why
             continue
-        set_module(qm.model, name, Served(b.convert(layer), None if release else layer))
-        served[name] = backend
+        converted.append(name)
         if b.how is not None:
-            kind, why = b.how(cfg, layer.in_features, layer.out_features)
-            kinds[name] = f"{kind}: {why}"
-    converted = [n for n in served if b.takes is not None]
+            kinds[name] = ": ".join(b.how(cfg, layer.in_features, layer.out_features))
+    report = {"backend": backend, "served_layers": len(converted), "fallback": fallback}
+    if kinds:
+        report["layers"] = kinds
+    return report, converted
+
+
+def prepare_(qm, backend: str, release: bool = False) -> dict:
+    """Serve every quantized linear layer of the quantized model `qm` with `backend` where
+    it can, in place; the serving report (`plan_serving`), kept on `qm.serving`.
+    `release`: converted layers drop their packed form (a model only served, never saved
+    again); memory_mib in the report is what the served model holds."""
+    from ..quant.layers import set_module
+    from ..quant.size import MIB, resident_bytes
+
+    report, converted = plan_serving(qm, backend)
+    convert = BACKENDS.get(backend).convert
+    for name in converted:
+        layer = qm.installed[name]
+        set_module(qm.model, name, Served(convert(layer), None if release else layer))
     if release:   # a packed layer another unit still uses (a tied embedding) stays
         still = {id(qm.installed[n]) for n in qm.installed if n not in converted}
         for name in converted:
             if id(qm.installed[name]) not in still:
                 del qm.installed[name]
-    qm.serving = {"backend": backend, "served_layers": len(converted),
-                  "fallback": fallback}
-    if kinds:
-        qm.serving["layers"] = kinds
+    qm.serving = {**report, "memory_mib": resident_bytes(qm) / MIB}
     return qm.serving

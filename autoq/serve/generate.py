@@ -1,8 +1,9 @@
 """Batch-1 text generation from a loaded LM, streamed, with honest timing.
 
-`generate(loaded, prompt, ...)` runs `model.generate` with a streamer that hands
-each piece of text to `on_text` as its tokens arrive and stamps the time of every
-new token. The prompt's prefill (and the first new token it yields) is timed apart
+`generate(loaded, prompt, ...)` runs a decode loop (a static KV cache, eager or with a
+compiled step: autoq.serve.speed.StaticDecoder; or transformers' `model.generate`) with
+a streamer that hands each piece of text to `on_text` as its tokens arrive and stamps
+the time of every new token. The prompt's prefill (and the first new token it yields) is timed apart
 from the decode: decode tokens/s = (new tokens - 1) / (time of the last token -
 time of the first), so it is the speed of the one-token steps alone.
 """
@@ -68,20 +69,63 @@ class _Streamer:
             self.shown = text
 
 
+def pick_engine(engine: str, device: torch.device) -> str:
+    """auto: a static KV cache, eager, on a CPU (compiling the step costs ~40 s on 2 cores
+    for ~30% less time per token: it pays off only over thousands of tokens, so it is
+    asked for with `compiled`); transformers' own `generate` on a GPU."""
+    if engine != "auto":
+        return engine
+    return "static" if device.type == "cpu" else "generate"
+
+
+def sampler(s: Sampling) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Last-position logits (1, 1, vocab) -> the next token (1, 1): greedy, or sampled at
+    `temperature` from the smallest set of tokens holding `top_p` of the probability."""
+    if s.temperature == 0:
+        return lambda logits: logits.argmax(-1)
+
+    def pick(logits: torch.Tensor) -> torch.Tensor:
+        probs = torch.softmax(logits[:, -1].float() / s.temperature, dim=-1)
+        if s.top_p < 1:
+            sorted_p, order = probs.sort(dim=-1, descending=True)
+            drop = sorted_p.cumsum(-1) - sorted_p > s.top_p
+            probs = probs.scatter(-1, order, sorted_p.masked_fill(drop, 0.0))
+        return torch.multinomial(probs, 1)
+    return pick
+
+
+def _eos_ids(loaded) -> set[int]:
+    ids = getattr(getattr(loaded.model, "generation_config", None), "eos_token_id", None)
+    ids = ids if isinstance(ids, (list, tuple)) else [ids]
+    return {i for i in [*ids, loaded.tokenizer.eos_token_id] if i is not None}
+
+
 @torch.inference_mode()
 def generate(loaded, prompt: str, sampling: Sampling = Sampling(), chat_template: bool = True,
-             on_text: Callable[[str], None] = lambda text: None) -> dict:
-    """Generate from `prompt` (batch 1); the text and its timing."""
+             on_text: Callable[[str], None] = lambda text: None, engine: str = "auto") -> dict:
+    """Generate from `prompt` (batch 1), streaming the text to `on_text`; the text, its
+    timing and the engine that ran (`pick_engine`)."""
+    from .speed import StaticDecoder
+
     tok, model = loaded.tokenizer, loaded.model
     ids, templated = prompt_ids(tok, prompt, chat_template)
     ids = ids.to(loaded.device)
     streamer = _Streamer(tok, on_text)
     torch.manual_seed(sampling.seed)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    engine = pick_engine(engine, loaded.device)
     start = time.perf_counter()
-    model.generate(ids, attention_mask=torch.ones_like(ids),  # calls streamer.end() last
-                   max_new_tokens=sampling.max_new_tokens, pad_token_id=pad, streamer=streamer,
-                   **sampling.kwargs())
+    if engine == "generate":
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        model.generate(ids, attention_mask=torch.ones_like(ids),  # calls streamer.end() last
+                       max_new_tokens=sampling.max_new_tokens, pad_token_id=pad,
+                       streamer=streamer, **sampling.kwargs())
+    else:
+        eos = _eos_ids(loaded)
+        dec = StaticDecoder(loaded, sampling.max_new_tokens,
+                            "compiled" if engine == "compiled" else "eager", ids, sampler(sampling))
+        streamer.put(ids)  # the prompt, as transformers' generate hands it over first
+        dec.run(lambda t: streamer.put(t) or int(t) in eos)
+        streamer.end()
     times, n = streamer.times, len(streamer.tokens)
     decode_s = times[-1] - times[0] if n > 1 else 0.0
     return {"prompt": prompt, "chat_template": templated, "text": streamer.shown,
@@ -91,4 +135,7 @@ def generate(loaded, prompt: str, sampling: Sampling = Sampling(), chat_template
             "decode_tokens_per_s": (n - 1) / decode_s if decode_s > 0 else None,
             "sampling": "greedy" if sampling.temperature == 0 else
             f"temperature {sampling.temperature:g}, top-p {sampling.top_p:g}, seed {sampling.seed}",
+            "engine": {"generate": "transformers generate (dynamic cache)",
+                       "static": "static KV cache, eager",
+                       "compiled": "static KV cache, torch.compile'd step"}[engine],
             "device": loaded.device.type}

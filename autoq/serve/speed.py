@@ -6,11 +6,12 @@ eagerly and time only the decode steps, between torch.cuda.synchronize calls):
 
 - `graphs` (CUDA default): the one-token decode step captured once as a CUDA graph
   and replayed (no per-kernel launch cost, no compile time).
-- `compiled`: the decode step under torch.compile(mode="reduce-overhead"), i.e.
-  fused kernels + CUDA graphs; about a minute of compiling per plan on a 1B model.
-- `static`: the same loop, eager.
-- `generate` (CPU default): `model.generate`, measured as (N-1) / (t(N new tokens)
-  - t(1 new token)) so the prefill is not counted.
+- `compiled`: the decode step under torch.compile (mode="reduce-overhead" on a GPU,
+  i.e. fused kernels + CUDA graphs; about a minute of compiling per plan on a 1B model;
+  the default mode on a CPU, ~40 s for SmolLM2 on 2 cores).
+- `static` (CPU default): the same loop, eager.
+- `generate`: `model.generate`, measured as (N-1) / (t(N new tokens) - t(1 new
+  token)) so the prefill is not counted.
 
 An engine that fails falls back along compiled -> graphs -> static -> generate; the
 engine used and the reason for any fallback are reported. ViTs: images/s at batch
@@ -19,6 +20,7 @@ engine used and the reason for any fallback are reported. ViTs: images/s at batc
 
 from __future__ import annotations
 
+import inspect
 import statistics
 import time
 from typing import Callable, TypeVar
@@ -90,31 +92,51 @@ def generate_decode(loaded, new_tokens: int, repeats: int) -> float:
     return (new_tokens - 1) / max(tn - t1, 1e-9)
 
 
-class StaticDecoder:
-    """Greedy batch-1 decode with a StaticCache; `mode` runs the decode step
-    "eager", "compiled" (torch.compile, reduce-overhead) or as a captured CUDA "graph"."""
+def greedy(logits: torch.Tensor) -> torch.Tensor:
+    return logits.argmax(-1)
 
-    def __init__(self, loaded, new_tokens: int, mode: str = "eager"):
+
+class StaticDecoder:
+    """Batch-1 decode with a StaticCache (greedy, or any `pick`: last logits -> token);
+    `mode` runs the decode step "eager", "compiled" (torch.compile; reduce-overhead, i.e.
+    CUDA graphs, on a GPU) or as a captured CUDA "graph"."""
+
+    def __init__(self, loaded, new_tokens: int, mode: str = "eager",
+                 ids: torch.Tensor | None = None,
+                 pick: Callable[[torch.Tensor], torch.Tensor] = greedy):
         from transformers import StaticCache
 
         self.model, self.device = loaded.model, loaded.device
-        self.ids = prompt_ids(loaded)
-        self.new_tokens = new_tokens
+        self.ids = prompt_ids(loaded) if ids is None else ids.to(loaded.device)
+        self.new_tokens, self.pick = new_tokens, pick
         self.cache = StaticCache(config=self.model.config,
                                  max_cache_len=self.ids.shape[1] + new_tokens)
+        self.pos = torch.zeros(1, 1, dtype=torch.long, device=self.device)  # next position
+        self.cache_kw = "cache" if "cache" in inspect.signature(self.model.forward).parameters \
+            else "past_key_values"   # transformers renamed it in 5.x
         self.mode = mode
         self.step = self._step
         if mode == "compiled":
             torch._dynamo.reset()  # a new plan means new modules: compile afresh
-            self.step = torch.compile(self._step, mode="reduce-overhead", fullgraph=False)
+            self.step = torch.compile(self._step, fullgraph=False, dynamic=False,
+                                      mode="reduce-overhead" if self.device.type == "cuda"
+                                      else None)
         self.graph = None
 
+    def _forward(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        out = self.model(input_ids=ids, position_ids=positions, use_cache=True,
+                         logits_to_keep=1, **{self.cache_kw: self.cache})
+        return self.pick(out.logits[:, -1:])
+
     def _step(self, tok: torch.Tensor) -> torch.Tensor:
-        out = self.model(input_ids=tok, past_key_values=self.cache, use_cache=True)
-        return out.logits[:, -1:].argmax(-1)
+        """One decode step; its position is a device tensor, advanced in place (a captured
+        or compiled step reads nothing back to the host)."""
+        nxt = self._forward(tok, self.pos)
+        self.pos.add_(1)
+        return nxt
 
     def _capture(self, tok: torch.Tensor) -> None:
-        """Record one decode step (it reads its position from the cache's tensors)."""
+        """Record one decode step (it reads and advances its position on the device)."""
         self.tok_in = tok.clone()
         self.graph, self.tok_out = capture(lambda: self._step(self.tok_in), self.device)
 
@@ -125,20 +147,27 @@ class StaticDecoder:
 
     def _prefill(self) -> torch.Tensor:
         self.cache.reset()  # in place: a captured graph keeps pointing at the same tensors
-        out = self.model(input_ids=self.ids, past_key_values=self.cache, use_cache=True)
-        return out.logits[:, -1:].argmax(-1)
+        n = self.ids.shape[1]
+        first = self._forward(self.ids, torch.arange(n, device=self.device)[None])
+        self.pos.fill_(n)
+        return first
 
     @torch.inference_mode()
-    def run(self) -> tuple[float, torch.Tensor]:
-        """(seconds for the new_tokens - 1 decode steps, all new token ids)."""
+    def run(self, on_token: Callable[[torch.Tensor], bool] | None = None
+            ) -> tuple[float, torch.Tensor]:
+        """(seconds for the decode steps after the first new token, all new token ids).
+        `on_token(token)` sees each new token as it comes; True stops there."""
         if self.mode == "graph" and self.graph is None:
             self._capture(self._prefill())
             self.step = self._replay
         tokens = [self._prefill()]
         _sync(self.device)
         t = time.perf_counter()
-        for _ in range(self.new_tokens - 1):
-            tokens.append(self.step(tokens[-1]).clone())  # clone: graph outputs are reused
+        if on_token is None or not on_token(tokens[0]):
+            for _ in range(self.new_tokens - 1):
+                tokens.append(self.step(tokens[-1]).clone())  # clone: graph outputs are reused
+                if on_token is not None and on_token(tokens[-1]):
+                    break
         _sync(self.device)
         return time.perf_counter() - t, torch.cat(tokens, dim=1)
 
@@ -161,7 +190,7 @@ FALLBACK = {"compiled": "graphs", "graphs": "static", "static": "generate"}
 
 
 def default_engine(device: torch.device) -> str:
-    return "graphs" if device.type == "cuda" else "generate"
+    return "graphs" if device.type == "cuda" else "static"
 
 
 @torch.inference_mode()
@@ -171,10 +200,11 @@ def lm_decode(loaded, new_tokens: int | None = None, repeats: int | None = None,
     default), falling back along FALLBACK when an engine fails."""
     device = loaded.device
     cuda = device.type == "cuda"
-    # on a CPU, HQQ's torch backend dequantizes every layer at every step (SmolLM2 at
-    # 4 bits: seconds per token), so the CPU protocol is short: 8 tokens, one run
-    new_tokens = new_tokens or (128 if cuda else 8)
-    repeats = repeats or (5 if cuda else 1)
+    # on a CPU the protocol is shorter (32 tokens, median of 3): torch-int4 decodes
+    # SmolLM2 at ~10-20 ms per token, but HQQ's own torch forward dequantizes every layer
+    # at every step (~0.1-0.3 s per token)
+    new_tokens = new_tokens or (128 if cuda else 32)
+    repeats = repeats or (5 if cuda else 3)
     engine = engine or default_engine(device)
     tried = {}
     while True:
