@@ -103,9 +103,10 @@ def test_crossover_and_mutation_spend_what_the_budget_leaves():
 
 
 def test_rungs_grow_from_few_tokens_to_the_whole_split():
-    assert rungs_for(40, 512) == [Rung(1, 1, 128), Rung(4, 2, None), Rung(16, 8, None)]
+    assert rungs_for(40, 512) == [Rung(1, 1, None), Rung(4, 4, None), Rung(16, 10, None)]
+    assert rungs_for(40, 2048) == [Rung(1, 1, 512), Rung(4, 4, None), Rung(16, 10, None)]
     assert rungs_for(4, 64) == [Rung(1, 1, None)]          # the rest is the whole split
-    assert rungs_for(359, None) == [Rung(1, 18, None), Rung(4, 72, None)]   # images: no cut
+    assert rungs_for(359, None) == [Rung(1, 36, None), Rung(4, 90, None)]   # images: no cut
 
 
 # ---- end to end on the tiny Llama ----------------------------------------------------------
@@ -128,7 +129,7 @@ def test_budget_mode_best_fits_and_beats_the_one_shot_plan(tmp_path, tiny_llama_
                                   "--trials", "30")
     info = json.loads((folder / "study.json").read_text())
     assert info["budget_mode"] and info["sampler"] == "evolve" and info["target"] is None
-    assert [r["units"] for r in info["fidelity"]["rungs"]] == [1, 2]
+    assert [r["units"] for r in info["fidelity"]["rungs"]] == [1, 3]   # of 12 windows
     budget = info["max_size_mib"]
     assert len(rows) == 30 and {r["state"] for r in rows} == {"COMPLETE", "PRUNED"}
     assert all(r["metrics"]["size_mib"] <= budget for r in rows)   # measured, 3-bit too
