@@ -138,7 +138,7 @@ BAD = [
      "--minimize 'speed' is not one of size, latency."),
     ("missing space", "search -m {llama} --target-ppl 10 --space {dir}/nope.yaml",
      "--space {dir}/nope.yaml: no such file or shipped space; use a YAML path or one of "
-     "lm-grouped, lm-per-layer, vit-grouped, vit-per-layer."),
+     "lm-grouped, lm-per-layer, lm-quick, vit-grouped, vit-per-layer."),
     ("broken space", "search -m {llama} --target-ppl 10 --space {file}",
      "{file}: a search space must be a mapping with format, options and groups."),
     ("storage scheme", "search -m {llama} --target-ppl 10 --storage foo://x",
