@@ -3,7 +3,8 @@ run by scripts/bench_search_vs_oneshot.sh).
 
     PYTHONPATH=. python scripts/search_vs_oneshot.py budgets --space SPACE --data VALID \\
         --bits 4.0,4.5,5.5 --out OUT/budgets.json     # the one-shot plans' exact sizes
-    PYTHONPATH=. python scripts/search_vs_oneshot.py summary OUT   # summary.json, plot.png
+    PYTHONPATH=. python scripts/search_vs_oneshot.py summary OUT   # summary.json, plot.png,
+                                                                   # b*/trials.json
 
 `budgets`: the one-shot sensitivity knapsack plan at each --bits (bits per searched
 weight, as `autoq search --one-shot` makes it), quantized, its exact size measured (and
@@ -91,7 +92,8 @@ def rows(folder: Path) -> list[dict]:
     for bits, entry in json.loads((folder / "budgets.json").read_text()).items():
         study = folder / f"b{bits}"
         oneshot = json.loads((study / "oneshot.json").read_text())
-        label, one = next((k, v) for k, v in oneshot.items() if v["signal"] == "sensitivity")
+        label, one = next((k, v) for k, v in oneshot.items()   # the plan at this budget
+                          if v["signal"] == "sensitivity" and k == f"sensitivity@{bits}")
         best = json.loads((study / "best.json").read_text())["metrics"]
         fp = json.loads((study / "baselines.json").read_text())["fp"]["report"]["ppl"]
         o, s = one["report"]["ppl"], best["report"]["ppl"]
@@ -108,6 +110,25 @@ def rows(folder: Path) -> list[dict]:
                     "goal_met": best["size_mib"] <= one["metrics"]["size_mib"]
                     and (s - fp) <= GOAL * (o - fp)})
     return out
+
+
+def compact_trials(study: Path) -> None:
+    """trials.jsonl (12 MB: every layer of every trial) as trials.json, the committed form:
+    per trial its state, origin, score, size, share of the split scored, and its plan as one
+    label per layer (in the order of "layers")."""
+    rows = [json.loads(line) for line in (study / "trials.jsonl").read_text().splitlines()]
+    names = list(rows[0]["layers"])
+
+    def label(cfg):
+        return "fp" if cfg is None else f"{cfg['nbits']}:{cfg['group_size']}"
+
+    keep = ("ppl", "kld", "size_mib", "fraction", "eval_seconds")
+    out = {"layers": names, "trials": [
+        {"number": r["number"], "state": r["state"], "origin": r.get("origin"),
+         **({"duplicate_of": r["duplicate_of"]} if "duplicate_of" in r else {}),
+         **{k: r["metrics"][k] for k in keep if k in r["metrics"]},
+         "plan": ",".join(label(r["layers"].get(n)) for n in names)} for r in rows]}
+    (study / "trials.json").write_text(json.dumps(out, indent=0))
 
 
 def plot(folder: Path, table: list[dict]) -> None:
@@ -145,6 +166,8 @@ def plot(folder: Path, table: list[dict]) -> None:
 def summary(a) -> None:
     folder = Path(a.folder).resolve()
     table = rows(folder)
+    for row in table:
+        compact_trials(folder / f"b{row['bits']:g}")
     (folder / "summary.json").write_text(json.dumps({"rows": table}, indent=1))
     plot(folder, table)
     for r in table:

@@ -153,6 +153,12 @@ def test_budget_mode_best_fits_and_beats_the_one_shot_plan(tmp_path, tiny_llama_
     # no plan is scored twice in a study
     scored = [tuple(sorted(r["layers"].items(), key=str)) for r in rows if "duplicate_of" not in r]
     assert len({json.dumps(s) for s in scored}) == len(scored)
+    # a second budget under the same --out: its study holds its own one-shot plans only
+    # (the shared cache under out/baselines/ keeps both budgets')
+    _budget_search(tmp_path, tiny_llama_dir, tiny_text_file, "--bits", "4", "--trials", "3",
+                   "--study", "t")
+    other = json.loads((tmp_path / "out" / "t" / "oneshot.json").read_text())
+    assert set(other) == {"sensitivity@4", "single-layer-kl@4"}
 
 
 def test_a_plan_proposed_again_reuses_its_stored_result(tmp_path, tiny_llama_dir, tiny_text_file,

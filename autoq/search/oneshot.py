@@ -136,7 +136,8 @@ def measure(session: Session, refs: References, prior: Prior, trial) -> dict[str
         session.say("one-shot plans: none (--one-shot none)")
         return {}
     report = session.ev.splits.get("report")
-    for label, entry in plans(session, refs, prior).items():
+    mine = plans(session, refs, prior)   # the shared cache may hold other budgets' plans
+    for label, entry in mine.items():
         have = done.get(label, {})
         metrics, reported = scored_as_trial(session, entry["params"])
         if "metrics" not in have:
@@ -159,6 +160,7 @@ def measure(session: Session, refs: References, prior: Prior, trial) -> dict[str
                                                          speed=False, split="report"))
         done[label] = have
         write_json(path, done)
+    done = {label: done[label] for label in mine}
     session.study.set_user_attr(contract.ONESHOT, done)
     write_json(session.dir / ONESHOT_FILE, done)
     return done
