@@ -155,7 +155,39 @@ class SensitivitySampler(optuna.samplers.BaseSampler):
             cfg = propose(rng, self.i.costs, self.i.res, want, self.i.max_bits, self.sigma,
                           self.i.bits)
             if key(cfg) not in seen:
-                break
+                return cfg
+        return self.neighbour(rng, cfg, seen)
+
+    def neighbour(self, rng: random.Random, cfg: dict[str, str], seen: set) -> dict[str, str]:
+        """When every perturbed knapsack gave a plan the study has (a small space near its
+        frontier): the nearest unseen plan within the size cap, found one move at a time (a
+        move: one choice to an undominated option, the smallest in the knapsack's resource,
+        bits or time, first), so that no trial is spent on a repeat while one is left."""
+        costs, res = self.i.costs, self.i.res
+
+        def dominated(p: str, o: str) -> bool:   # another option as good and no dearer
+            return any((costs[p][q], res[p][q]) < (costs[p][o], res[p][o]) and
+                       costs[p][q] <= costs[p][o] and res[p][q] <= res[p][o] for q in costs[p])
+
+        options = {p: [o for o in row if not dominated(p, o)] for p, row in costs.items()}
+        ring, visited = [cfg], {key(cfg)}
+        for _ in range(len(costs)):
+            nxt = []
+            for plan in ring:
+                moves = [(p, o) for p in plan for o in options[p] if o != plan[p]]
+                rng.shuffle(moves)
+                moves.sort(key=lambda m: abs(res[m[0]][m[1]] - res[m[0]][plan[m[0]]]))
+                for p, o in moves:
+                    new = {**plan, p: o}
+                    if key(new) in visited:
+                        continue
+                    visited.add(key(new))
+                    fits = self.i.max_bits is None or \
+                        knapsack.totals(new, costs, self.i.bits)[1] <= self.i.max_bits
+                    if fits and key(new) not in seen:
+                        return new
+                    nxt.append(new)
+            ring = nxt[:256]
         return cfg
 
     def at_size(self, rng: random.Random, seen: set) -> dict[str, str]:
