@@ -30,8 +30,10 @@ def _open(folder: Path, device: str, dtype: str, backend: str):
     progress.say(f"loading {folder}")
     loaded, serving = open_folder(folder, device, backend, dtype)
     if serving["fallback"]:
-        progress.say(f"{len(serving['fallback'])} quantized layers stay on the method's own "
-                     "torch forward")
+        fallback = serving["fallback"]
+        progress.say(f"{len(fallback)} quantized layer{'s' * (len(fallback) > 1)} stay"
+                     f"{'s' * (len(fallback) == 1)} on the method's own torch forward: "
+                     + "; ".join(f"{name}: {why}" for name, why in fallback.items()))
     return loaded, serving
 
 
