@@ -59,12 +59,9 @@ def score(ev, windows, refs) -> dict:
 
 
 def spearman(a, b) -> float:
-    def ranks(x):
-        order = sorted(range(len(x)), key=lambda i: x[i])
-        r = [0.0] * len(x)
-        for k, i in enumerate(order):
-            r[i] = float(k)
-        return r
+    def ranks(x):  # the position of each value in sorted order (the inverse permutation)
+        order = sorted(range(len(x)), key=x.__getitem__)
+        return [float(k) for k in sorted(range(len(x)), key=order.__getitem__)]
     ra, rb = ranks(a), ranks(b)
     ma, mb = sum(ra) / len(ra), sum(rb) / len(rb)
     cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb))

@@ -18,6 +18,11 @@ from .options import (BUDGET, MODEL_DATA, SPEED, STORAGE, STRATEGY, TARGET, Back
                       Sampler, SeqLen, Task, TrialSpeed, target_option)
 
 
+def _report_option(flag: str, metavar: str, shown: str, help: str):
+    return typer.Option(None, flag, metavar=metavar, rich_help_panel=MODEL_DATA,
+                        show_default=shown, help=help)
+
+
 @command
 def search(model: str = Model(), task: Optional[str] = Task, data: Optional[str] = Data,
            seq_len: Optional[int] = SeqLen, limit: Optional[int] = Limit,
@@ -28,18 +33,15 @@ def search(model: str = Model(), task: Optional[str] = Task, data: Optional[str]
            target_kld: Optional[str] = target_option(
                "--target-kld", "mean KL divergence from the unquantized model at most X "
                "(nats per token / image)"),
-           report_data: Optional[str] = typer.Option(
-               None, "--report-data", metavar="PATH", rich_help_panel=MODEL_DATA,
-               show_default="the task's report split",
-               help="The report split's data (e.g. wiki.test.raw): the front and best.json are "
+           report_data: Optional[str] = _report_option(
+               "--report-data", "PATH", "the task's report split",
+               "The report split's data (e.g. wiki.test.raw): the front and best.json are "
                "scored on it in full at the end; --data is the search split."),
-           report_limit: Optional[int] = typer.Option(
-               None, "--report-limit", metavar="N", rich_help_panel=MODEL_DATA,
-               show_default="all", help="Use only the first N units of the report split."),
-           report_front: Optional[int] = typer.Option(
-               None, "--report-front", metavar="N", rich_help_panel=MODEL_DATA,
-               show_default="all",
-               help="Score at most N Pareto configs on the report split (best.json first, "
+           report_limit: Optional[int] = _report_option(
+               "--report-limit", "N", "all", "Use only the first N units of the report split."),
+           report_front: Optional[int] = _report_option(
+               "--report-front", "N", "all",
+               "Score at most N Pareto configs on the report split (best.json first, "
                "the rest spread along the front)."),
            max_size_mib: Optional[float] = typer.Option(
                None, "--max-size-mib", metavar="MIB", rich_help_panel=TARGET,

@@ -27,7 +27,7 @@ from optuna.trial import TrialState
 
 from . import knapsack
 from .knapsack import Config, Table
-from .sampler import SamplerInputs
+from .sampler import SamplerInputs, seeded_choice
 
 ELITE = 8          # parents are drawn from the best ELITE complete trials
 CROSSOVER = 0.25   # share of proposals made by crossover (given two parents)
@@ -162,8 +162,7 @@ class EvolveSampler(optuna.samplers.BaseSampler):
         return cfg
 
     def sample_independent(self, study, trial, param_name, param_distribution):
-        rng = random.Random(f"{self.seed}:{trial.number}:{param_name}")
-        return rng.choice(param_distribution.choices)
+        return seeded_choice(self.seed, trial, param_name, param_distribution)
 
 
 def sampler(i: SamplerInputs) -> EvolveSampler:

@@ -38,6 +38,11 @@ from . import knapsack
 from .prior import Prior
 
 
+def seeded_choice(seed: int, trial, param_name: str, distribution) -> str:
+    """A parameter outside the joint space (a trial started elsewhere): one seeded choice."""
+    return random.Random(f"{seed}:{trial.number}:{param_name}").choice(distribution.choices)
+
+
 @dataclass(frozen=True)
 class SamplerInputs:
     costs: Mapping[str, Mapping[str, float]]   # param -> option -> predicted loss
@@ -202,5 +207,4 @@ class SensitivitySampler(optuna.samplers.BaseSampler):
         return cfg
 
     def sample_independent(self, study, trial, param_name, param_distribution):
-        rng = random.Random(f"{self.i.seed}:{trial.number}:{param_name}")
-        return rng.choice(param_distribution.choices)
+        return seeded_choice(self.i.seed, trial, param_name, param_distribution)
