@@ -106,15 +106,15 @@ def test_for_model_measures_each_pair_once_and_caches(tiny_llama_dir, tmp_path, 
     want = {(fi, fo, c, s) for fi, fo in distinct for c, s in ((None, "fp"), (opts[0], "hqq"))}
     want |= {(fi, fo, opts[1], "hqq") for fi, fo in distinct if fi % 128 == 0}
     assert sorted(measured, key=str) == sorted(want, key=str)  # each pair once
-    # the rest term was timed on the unquantized model; the plan applied before is back
-    assert not any(isinstance(m, nn.Linear) for n, m in loaded.model.named_modules()
-                   if n in shapes)
-    assert lat.info["fp_seconds"] > 0
+    # the rest term was timed with the layers stubbed; the quantized layers are back
+    assert not any(isinstance(m, (nn.Linear, latency._Stub))
+                   for n, m in loaded.model.named_modules() if n in loaded.shapes())
+    assert 0 < lat.rest_seconds == lat.info["rest_seconds"]
     q = {n: opts[0] for n in loaded.shapes()}  # the fp time plus its layers' differences
     assert lat.predict(q) - lat.predict({}) == pytest.approx(
         sum(lat.layer_time(n, opts[0]) - lat.layer_time(n, None) for n in loaded.shapes()))
-    assert lat.predict({}) == pytest.approx(max(lat.info["fp_seconds"], lat.info[
-        "fp_linear_seconds"]))
+    assert lat.predict({}) == pytest.approx(lat.rest_seconds + sum(
+        lat.layer_time(n, None) for n in loaded.shapes()))
     assert lat.tokens_per_s({n: opts[0] for n in shapes}) > 0
     files = list((tmp_path / "latency").glob("*.json"))
     assert len(files) == 1
@@ -135,7 +135,7 @@ def test_for_model_measures_each_pair_once_and_caches(tiny_llama_dir, tmp_path, 
     monkeypatch.setattr(type(loaded.kind), "seconds", lambda *a, **k: 1.0)
     fresh = LatencyModel.for_model(loaded, opts, "hqq", tmp_path, speed_kwargs=FAST)
     assert set(fresh.layer_seconds.values()) == {1e-4, 1e-5}
-    assert fresh.rest_seconds == pytest.approx(1.0 - 1e-4 * len(shapes) - 1e-5)
+    assert fresh.rest_seconds == 1.0  # measured directly, nothing subtracted
 
 
 def test_for_model_only_measures_the_pairs_a_plan_uses(tiny_llama_dir, monkeypatch):
@@ -152,7 +152,7 @@ def test_for_model_only_measures_the_pairs_a_plan_uses(tiny_llama_dir, monkeypat
     lat = LatencyModel.for_model(loaded, [q, other], "hqq", None, only=plan)
     want = {(fi, fo, None, "fp") for fi, fo in set(shapes.values())} | {(*shapes[first], q, "hqq")}
     assert sorted(measured, key=str) == sorted(want, key=str)  # each once, nothing else
-    assert lat.predict(plan) == pytest.approx(1.0)  # fp time: the same 1e-4 per layer
+    assert lat.predict(plan) == pytest.approx(1.0 + 1e-4 * len(loaded.shapes()))  # rest + layers
     with pytest.raises(KeyError):
         lat.predict({first: other})  # 8:32 was not in the plan: not measured
 

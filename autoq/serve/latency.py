@@ -6,18 +6,14 @@
 shape: (1, 1, in_features) for an LM decode step, (1, tokens, in_features) for a
 ViT image. Each distinct (shape, option, backend) is measured once per device
 and cached in a JSON file (one per device name, dtype, backend, torch/hqq/gemlite
-versions) under `<cache_dir>/latency/`. `rest` (attention, norms, embedding,
-sampling) is measured once per model: the unquantized model's time per token with
-the same speed engine as `autoq eval`, minus the sum of its unquantized linears.
+versions) under `<cache_dir>/latency/`. `rest` (attention, norms, sampling) is
+measured once per model: the speed engine's time per token with every priced layer
+stubbed out (cached too).
 
 On a GPU each LM timing is a CUDA graph of back-to-back forwards (compiled too when
 the decode engine is `compiled`) cycling through enough copies of the layer to
-overflow L2 (as in a real decode step, where every layer's weights come from HBM);
-ViT timings launch the same forwards eagerly (ViTs run eagerly); on a CPU it is the
-best of at least 3 eager calls, repeating only within a small time budget, so the
-layers of SmolLM2 take seconds (its HQQ lm_head, dequantized on every call, most);
-the unquantized decode for the rest term takes longer, once per model and device
-(the cache file keeps it).
+overflow L2 (every layer's weights come from HBM in a decode step); ViT timings are
+eager; on a CPU it is the best of at least 3 eager calls within a small time budget.
 
     lat = LatencyModel.for_model(loaded, options, "gemlite", cache_dir)
     lat.predict(resolved)         # seconds per token (per image for ViTs)
@@ -45,7 +41,7 @@ from ..quant import METHODS, LayerConfig, label_of
 from . import BACKENDS, require_backend
 from .backend import served_by
 
-FORMAT = "autoq.latency/1"
+FORMAT = "autoq.latency/2"
 MATMUL, LOOKUP = "matmul", "lookup"
 CPU_BUDGET_S = 0.02     # per (shape, option): stop repeating after this much time ...
 MIN_REPEATS = 3         # ... but time at least this many forwards
@@ -139,10 +135,10 @@ class LatencyModel:
                   only: Mapping[str, LayerConfig | None] | None = None) -> "LatencyModel":
         """Measure (or read from the cache) every (shape, option) the search may use,
         plus the rest term (`speed_kwargs`: the protocol of autoq.speed to measure it
-        with, e.g. {"new_tokens": 8}), timed on the unquantized model (the plan applied
-        before is applied again afterwards). `only` (a resolved plan): measure just the
-        (shape, option) pairs it uses, besides the unquantized layers; the model then
-        predicts that plan (and fewer), not every plan over `options`."""
+        with, e.g. {"new_tokens": 8}), timed with the priced layers stubbed (they are put
+        back afterwards). `only` (a resolved plan): measure just the (shape, option) pairs
+        it uses, besides the unquantized layers; the model then predicts that plan (and
+        fewer), not every plan over `options`."""
         speed_kwargs = dict(speed_kwargs or {})
         device, dtype = loaded.device, loaded.dtype
         backend = require_backend(backend, device)
@@ -172,17 +168,50 @@ class LatencyModel:
                     bench_lookup(fin, fout, cfg, device, dtype, mode)
         model_key = _model_key(loaded, shapes, speed_kwargs)
         if model_key not in cache.rest:
-            with loaded.quantized.unquantized(device=device, dtype=dtype):
-                cache.rest[model_key] = loaded.kind.seconds(loaded, **speed_kwargs)
-        fp_time = cache.rest[model_key]
+            cache.rest[model_key] = rest_seconds(loaded, shapes, ops, speed_kwargs)
         cache.save()
         table = {k: cache.layers[k] for k in todo}
-        lat = cls(table, 0.0, dict(shapes), backend, lead, mode, loaded.kind.unit, ops=ops)
-        linears = lat.predict({})  # rest is 0 here: the sum of the fp linears
-        lat.rest_seconds = max(fp_time - linears, 0.0)
+        lat = cls(table, cache.rest[model_key], dict(shapes), backend, lead, mode,
+                  loaded.kind.unit, ops=ops)
         lat.info = {"device": cache.device_name, "cache_file": str(cache.path or ""),
-                    "fp_seconds": fp_time, "fp_linear_seconds": linears}
+                    "rest_seconds": lat.rest_seconds}
         return lat
+
+
+class _Stub(nn.Module):
+    """Stands in for a priced layer while the rest term is timed: zeros of its output
+    width (a linear) or of its hidden width in `dtype` (an embedding)."""
+
+    def __init__(self, width: int, dtype: torch.dtype | None):
+        super().__init__()
+        self.width, self.dtype = width, dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.dtype is not None:  # an embedding: ids in, vectors out
+            return torch.zeros(*x.shape, self.width, device=x.device, dtype=self.dtype)
+        return x.new_zeros(*x.shape[:-1], self.width)
+
+
+def rest_seconds(loaded, shapes: Mapping[str, tuple[int, int]],
+                 ops: Mapping[str, tuple[str, float]], speed_kwargs: Mapping) -> float:
+    """Everything but the priced layers, measured directly: the speed engine's time per
+    token with every priced layer swapped for a stub. (Subtracting cache-hot layer timings
+    from the fp time instead left fp32's memory traffic in it: -41% on a CPU int4 plan.)"""
+    modules = dict(loaded.model.named_modules())
+    swapped = []
+    try:
+        for name, (fin, fout) in shapes.items():
+            parent, _, child = name.rpartition(".")
+            owner = modules[parent] if parent else loaded.model
+            embedding = ops[name][0] == LOOKUP
+            stub = _Stub(fin if embedding else fout, loaded.dtype if embedding else None)
+            swapped.append((owner, child, getattr(owner, child)))
+            setattr(owner, child, stub)
+        with torch.inference_mode():
+            return loaded.kind.seconds(loaded, **speed_kwargs)
+    finally:
+        for owner, child, module in reversed(swapped):
+            setattr(owner, child, module)
 
 
 # ---- micro-benchmarks ---------------------------------------------------------------
