@@ -179,8 +179,7 @@ class LatencyModel:
 
 
 class _Stub(nn.Module):
-    """Stands in for a priced layer while the rest term is timed: zeros of its output
-    width (a linear) or of its hidden width in `dtype` (an embedding)."""
+    """A priced layer's stand-in: zeros of its output width (`dtype`: an embedding's)."""
 
     def __init__(self, width: int, dtype: torch.dtype | None):
         super().__init__()
@@ -195,8 +194,7 @@ class _Stub(nn.Module):
 def rest_seconds(loaded, shapes: Mapping[str, tuple[int, int]],
                  ops: Mapping[str, tuple[str, float]], speed_kwargs: Mapping) -> float:
     """Everything but the priced layers, measured directly: the speed engine's time per
-    token with every priced layer swapped for a stub. (Subtracting cache-hot layer timings
-    from the fp time instead left fp32's memory traffic in it: -41% on a CPU int4 plan.)"""
+    token with every priced layer swapped for a stub."""
     modules = dict(loaded.model.named_modules())
     swapped = []
     try:
