@@ -26,14 +26,12 @@ Folder = typer.Argument(..., metavar="DIR", help="A folder written by `autoq app
 
 def _open(folder: Path, device: str, dtype: str, backend: str):
     from ..pipeline import open_folder
+    from ..serve.backend import fallback_line
 
     progress.say(f"loading {folder}")
     loaded, serving = open_folder(folder, device, backend, dtype)
     if serving["fallback"]:
-        fallback = serving["fallback"]
-        progress.say(f"{len(fallback)} quantized layer{'s' * (len(fallback) > 1)} stay"
-                     f"{'s' * (len(fallback) == 1)} on the method's own torch forward: "
-                     + "; ".join(f"{name}: {why}" for name, why in fallback.items()))
+        progress.say(fallback_line(serving["fallback"]))
     return loaded, serving
 
 

@@ -25,7 +25,7 @@ from ..quant import LayerConfig
 from ..quant.cache import LayerCache
 from ..quant.size import Size
 from ..serve import BACKENDS, require_backend
-from ..serve.backend import plan_serving
+from ..serve.backend import fallback_line, plan_serving
 from ..tasks import get_task
 from ..tasks.kld import Top
 from . import load, quantize, resolve, serve
@@ -145,8 +145,7 @@ class Evaluator:
         size = self.apply(resolved, reasons=reasons)
         served = serve(self.loaded, self.backend)
         if served["fallback"]:
-            say(f"{len(served['fallback'])} layers stay on the method's own torch forward: "
-                + "; ".join(f"{n}: {why}" for n, why in served["fallback"].items()))
+            say(fallback_line(served["fallback"]))
         return size, served
 
     def run(self, resolved: Mapping[str, LayerConfig | None], *, speed: bool = True,

@@ -90,6 +90,13 @@ NOT_MATMULS = {"embedding": "a lookup: rows are gathered from the packed table",
                "expert": "an expert: dequantized one expert at a time in torch"}
 
 
+def fallback_line(fallback: dict[str, str]) -> str:
+    """One sentence naming the layers left on the method's own forward, and why."""
+    return (f"{len(fallback)} quantized layer{'s stay' if len(fallback) > 1 else ' stays'} "
+            "on the method's own torch forward: "
+            + "; ".join(f"{name}: {why}" for name, why in fallback.items()))
+
+
 def plan_serving(qm, backend: str) -> tuple[dict, list[str]]:
     """What `prepare_` would do, without converting anything: (the serving report, the
     layers the backend converts). The report is {"backend", "served_layers": how many it

@@ -38,6 +38,7 @@ from torch import nn
 
 from ..io import write_json
 from ..quant import METHODS, LayerConfig, label_of
+from ..quant.layers import set_module
 from . import BACKENDS, require_backend
 from .backend import served_by
 
@@ -195,21 +196,17 @@ def rest_seconds(loaded, shapes: Mapping[str, tuple[int, int]],
                  ops: Mapping[str, tuple[str, float]], speed_kwargs: Mapping) -> float:
     """Everything but the priced layers, measured directly: the speed engine's time per
     token with every priced layer swapped for a stub."""
-    modules = dict(loaded.model.named_modules())
-    swapped = []
+    originals = {name: loaded.model.get_submodule(name) for name in shapes}
     try:
         for name, (fin, fout) in shapes.items():
-            parent, _, child = name.rpartition(".")
-            owner = modules[parent] if parent else loaded.model
             embedding = ops[name][0] == LOOKUP
-            stub = _Stub(fin if embedding else fout, loaded.dtype if embedding else None)
-            swapped.append((owner, child, getattr(owner, child)))
-            setattr(owner, child, stub)
+            set_module(loaded.model, name,
+                       _Stub(fin if embedding else fout, loaded.dtype if embedding else None))
         with torch.inference_mode():
             return loaded.kind.seconds(loaded, **speed_kwargs)
     finally:
-        for owner, child, module in reversed(swapped):
-            setattr(owner, child, module)
+        for name, module in originals.items():
+            set_module(loaded.model, name, module)
 
 
 # ---- micro-benchmarks ---------------------------------------------------------------
