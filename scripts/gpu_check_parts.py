@@ -157,15 +157,15 @@ def part_lm(state: PartState, ctx: argparse.Namespace) -> None:
             r["served_top1_agreement"] = (out.argmax(-1) == ref.argmax(-1)).float().mean().item()
         s = loaded.kind.speed(loaded, size.size_bytes, **kwargs)
         rb = read_bytes(loaded, size.size_bytes)
-        predicted = lat.predict(resolved)
+        predicted, rest = lat.predict(resolved), lat.rest_time(resolved)
         head = lat.layer_time("lm_head", resolved.get("lm_head")) if "lm_head" in shapes else 0.0
         r.update(tokens_per_s=s["tokens_per_s"], speed_engine=s["speed_engine"],
                  speed_protocol=s["speed_protocol"], achieved_gb_per_s=s["achieved_gb_per_s"],
                  read_mib=rb / 2**20, read_gb_per_s=rb * s["tokens_per_s"] / 1e9,
                  predicted_tokens_per_s=1.0 / predicted,
                  predicted_error=abs(1.0 / predicted - s["tokens_per_s"]) / s["tokens_per_s"],
-                 predicted_ms={"total": predicted * 1e3, "rest": lat.rest_seconds * 1e3,
-                               "linears": (predicted - lat.rest_seconds) * 1e3,
+                 predicted_ms={"total": predicted * 1e3, "rest": rest * 1e3,
+                               "linears": (predicted - rest) * 1e3,
                                "lm_head": head * 1e3},
                  latency_mode=lat.mode)
         if "speed_engine_fallback" in s:

@@ -131,7 +131,7 @@ def gemlite_table() -> LatencyModel:
         for cfg in (None, Q8, Q4, Q3):
             served = latency.served_by(cfg, fin, fout, "gemlite")
             table[layer_key(fin, fout, cfg, served, (1, 1))] = row[label_of(cfg)] * 1e-4
-    return LatencyModel(table, rest_seconds=1e-3, shapes=dict(SHAPES), backend="gemlite")
+    return LatencyModel(table, {"fp": 1e-3}, shapes=dict(SHAPES), backend="gemlite")
 
 
 def synthetic_prior(objective: str, cap: dict | None = None
@@ -156,11 +156,15 @@ def test_time_costs_are_the_layer_times_and_a_fallback_is_priced_as_served():
     p, choices, _ = synthetic_prior("latency")
     for c in choices:
         for cfg, label in zip(c.options, c.labels):
-            assert p.resource[c.param][label] == pytest.approx(lat.layer_time(c.param, cfg))
-    assert p.resource["a"]["3:64"] == pytest.approx(6e-4)      # its HQQ time
+            assert p.resource[c.param][label] == pytest.approx(
+                lat.layer_time(c.param, cfg) + lat.rest_share(c.param, cfg))
+    # one rest term measured: every option of a layer carries the same share of it
+    assert lat.rest_share("a", Q3) == lat.rest_share("a", None) > 0
+    assert p.resource["a"]["3:64"] - lat.rest_share("a", Q3) == pytest.approx(6e-4)  # HQQ's
     assert p.bits["a"]["3:64"] < p.bits["a"]["4:64"]           # the size is still recorded
     two = Choice("ab", ("a", "b"), (None, Q4))                 # a group: its layers' sum
-    assert priors.choice_seconds([two], lat)["ab"]["4:64"] == pytest.approx(2e-4)
+    assert priors.choice_seconds([two], lat)["ab"]["4:64"] == pytest.approx(
+        2e-4 + lat.rest_share("a", Q4) + lat.rest_share("b", Q4))
 
 
 def test_the_knapsack_prefers_the_faster_options_under_latency():

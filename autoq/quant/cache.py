@@ -24,8 +24,11 @@ from .modules import Dequantized
 
 
 class LayerCache:
-    def __init__(self, folder: str | os.PathLike | None = None):
-        self.folder = Path(folder) if folder else None
+    def __init__(self, folder: str | os.PathLike | None = None, pack_only: bool = False):
+        """`pack_only`: the method's packing without its solver (fast; for timing layers,
+        whose values do not change their speed): never read from or written to `folder`."""
+        self.folder = None if pack_only or not folder else Path(folder)
+        self.pack_only = pack_only
         self.memory: dict[tuple, nn.Module] = {}
         self.quantized: list[tuple[str, LayerConfig]] = []  # what was really computed
         self.disk_hits = 0
@@ -50,7 +53,7 @@ class LayerCache:
     def _compute(self, qm, unit, cfg, device, dtype) -> nn.Module:
         t = LAYER_TYPES[unit.type]
         layer = cfg.quant.quantize(t.matrix(qm, unit).detach(), t.bias(qm, unit), cfg, device,
-                                   dtype, transposed=t.transposed)
+                                   dtype, transposed=t.transposed, optimize=not self.pack_only)
         self.quantized.append((unit.name, cfg))
         if self.folder is not None:
             buf = io.BytesIO()

@@ -57,8 +57,10 @@ def costs_and_bits(choices: Sequence[Choice], shapes: Mapping[str, tuple[int, in
 def choice_seconds(choices: Sequence[Choice], latency) -> dict[str, dict[str, float]]:
     """Per choice and option: the seconds per token (image) its layers add, each at its
     share of the steps, as served (a layer the backend cannot serve at that option at
-    its fallback's time): `LatencyModel.layer_time` summed over the choice's layers."""
-    return {c.param: {label: sum(latency.layer_time(n, cfg) for n in c.layers)
+    its fallback's time), with their share of that option's rest term (on a CPU each
+    option has its own): summed over the choice's layers."""
+    return {c.param: {label: sum(latency.layer_time(n, cfg) + latency.rest_share(n, cfg)
+                                 for n in c.layers)
                       for cfg, label in zip(c.options, c.labels)} for c in choices}
 
 

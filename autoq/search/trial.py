@@ -61,7 +61,7 @@ def budget_ok(study: optuna.Study, trial: optuna.Trial, total: int) -> None:
 
 
 def latency_model(session: Session):
-    """The latency model for every plan the space can make (micro-benchmarks of each
+    """The latency model for every plan the space can make (timings of each
     (shape, option) as served, or read from the cache under --out)."""
     from ..serve.latency import LatencyModel
 

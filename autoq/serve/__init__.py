@@ -9,9 +9,9 @@ Backends (`BACKENDS`, one file each; autoq/serve/backend.py says what one is):
   call, 8-bit as two 4-bit halves, the rest dequantized once), `--backend auto` on a CPU.
 
 Beside them: speed.py (honest timing of a whole model), latency.py (a plan's time
-predicted from per-layer micro-benchmarks), generate.py / predict.py (running a
-saved model), gguf.py (export for llama.cpp). Importing this package imports no
-torch: the CLI checks `--backend` by name.
+predicted from per-layer timings: in the decode on a CPU (calibrate.py), CUDA graphs on
+a GPU), generate.py / predict.py (running a saved model), gguf.py (export for
+llama.cpp). Importing this package imports no torch: the CLI checks `--backend` by name.
 """
 
 from __future__ import annotations

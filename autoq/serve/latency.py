@@ -1,19 +1,22 @@
 """Latency model: predict a plan's decode time without decoding.
 
-    seconds per token = rest + sum over linear layers of t(shape, option, served by)
+    seconds per token = rest + sum over priced layers of t(shape, option, served by)
 
-`t` comes from micro-benchmarks of one linear forward at the model's serving
-shape: (1, 1, in_features) for an LM decode step, (1, tokens, in_features) for a
-ViT image. Each distinct (shape, option, backend) is measured once per device
-and cached in a JSON file (one per device name, dtype, backend, torch/hqq/gemlite
-versions) under `<cache_dir>/latency/`. `rest` (attention, norms, sampling) is
-measured once per model: the speed engine's time per token with every priced layer
-stubbed out (cached too).
+`t` is the time of one forward at the model's serving shape: (1, 1, in_features) for
+an LM decode step, (1, tokens, in_features) for a ViT image. Each distinct (shape,
+option, backend) is measured once per device and cached in a JSON file (one per
+device name, dtype, backend, torch/hqq/gemlite versions) under `<cache_dir>/latency/`.
 
-On a GPU each LM timing is a CUDA graph of back-to-back forwards (compiled too when
-the decode engine is `compiled`) cycling through enough copies of the layer to
-overflow L2 (every layer's weights come from HBM in a decode step); ViT timings are
-eager; on a CPU it is the best of at least 3 eager calls within a small time budget.
+- On a GPU each LM timing is a CUDA graph of back-to-back forwards (compiled too when
+  the decode engine is `compiled`) cycling through enough copies of the layer to
+  overflow L2 (every layer's weights come from HBM in a decode step); ViT timings are
+  eager. `rest` (attention, norms, sampling) is the fp model's decode time less its
+  layers' timings.
+- On a CPU layers are timed inside the model's own decode, one run per option with
+  every layer it fits at it (autoq.serve.calibrate): alone, a layer's weights stay in
+  cache and it ran 1.3-3x faster than in the decode. Each option has its own `rest`
+  (its decode less its layers: the streaming weights slow the rest too); a mixed plan's
+  rest is their average weighted by the plan's weights at each option.
 
     lat = LatencyModel.for_model(loaded, options, "gemlite", cache_dir)
     lat.predict(resolved)         # seconds per token (per image for ViTs)
@@ -38,11 +41,10 @@ from torch import nn
 
 from ..io import write_json
 from ..quant import METHODS, LayerConfig, label_of
-from ..quant.layers import set_module
-from . import BACKENDS, require_backend
+from . import BACKENDS, calibrate, require_backend
 from .backend import served_by
 
-FORMAT = "autoq.latency/2"
+FORMAT = "autoq.latency/3"
 MATMUL, LOOKUP = "matmul", "lookup"
 CPU_BUDGET_S = 0.02     # per (shape, option): stop repeating after this much time ...
 MIN_REPEATS = 3         # ... but time at least this many forwards
@@ -84,7 +86,7 @@ def pricing(loaded) -> dict[str, tuple[str, float]]:
 @dataclass
 class LatencyModel:
     layer_seconds: dict[str, float]          # layer_key -> seconds of one forward
-    rest_seconds: float                      # everything but the linear layers
+    rest: dict[str, float]                   # option label -> everything but the layers
     shapes: dict[str, tuple[int, int]]       # name -> (in_features, out_features)
     backend: str = "hqq"
     lead: tuple[int, ...] = (1, 1)           # leading input dims of a linear forward
@@ -109,13 +111,30 @@ class LatencyModel:
                            "LatencyModel.for_model(options=...)")
         return share * self.layer_seconds[key]
 
+    def rest_share(self, name: str, cfg: LayerConfig | None,
+                   shapes: Mapping[str, tuple[int, int]] | None = None) -> float:
+        """`name`'s part of the rest term at `cfg`: each option's rest spread over the layers
+        by their weights (a plan's rest: its options' rests weighted by its weights)."""
+        shapes = shapes or self.shapes
+        rest = next(iter(self.rest.values())) if len(self.rest) == 1 else \
+            self.rest.get(label_of(cfg))
+        if rest is None:
+            raise KeyError(f"no rest term measured for {label_of(cfg)}; pass that option to "
+                           "LatencyModel.for_model(options=...)")
+        w = {n: f * o * self.ops.get(n, (MATMUL, 1.0))[1] for n, (f, o) in shapes.items()}
+        return rest * w[name] / sum(w.values())
+
+    def rest_time(self, resolved: Mapping[str, LayerConfig | None],
+                  shapes: Mapping[str, tuple[int, int]] | None = None) -> float:
+        return sum(self.rest_share(n, resolved.get(n), shapes) for n in (shapes or self.shapes))
+
     def predict(self, resolved: Mapping[str, LayerConfig | None],
                 shapes: Mapping[str, tuple[int, int]] | None = None) -> float:
-        """Seconds per token (per image): rest + every linear layer at its option
+        """Seconds per token (per image): rest + every priced layer at its option
         (a layer missing from `resolved` is unquantized)."""
         shapes = shapes or self.shapes
-        return self.rest_seconds + sum(self.layer_time(n, resolved.get(n), shapes)
-                                       for n in shapes)
+        return self.rest_time(resolved, shapes) + sum(
+            self.layer_time(n, resolved.get(n), shapes) for n in shapes)
 
     def tokens_per_s(self, resolved: Mapping[str, LayerConfig | None],
                      shapes: Mapping[str, tuple[int, int]] | None = None) -> float:
@@ -124,7 +143,7 @@ class LatencyModel:
     def to_json(self) -> dict:
         return {"backend": self.backend, "lead": list(self.lead), "mode": self.mode,
                 "unit": self.unit,
-                "rest_seconds": self.rest_seconds, "layers": dict(self.layer_seconds),
+                "rest_seconds": dict(self.rest), "layers": dict(self.layer_seconds),
                 **self.info}
 
     # ---- measured ----------------------------------------------------------------
@@ -134,88 +153,72 @@ class LatencyModel:
                   progress: Callable[[str], None] | None = None,
                   speed_kwargs: Mapping | None = None,
                   only: Mapping[str, LayerConfig | None] | None = None) -> "LatencyModel":
-        """Measure (or read from the cache) every (shape, option) the search may use,
-        plus the rest term (`speed_kwargs`: the protocol of autoq.speed to measure it
-        with, e.g. {"new_tokens": 8}), timed with the priced layers stubbed (they are put
-        back afterwards). `only` (a resolved plan): measure just the (shape, option) pairs
-        it uses, besides the unquantized layers; the model then predicts that plan (and
-        fewer), not every plan over `options`."""
+        """Measure (or read from the cache) every (shape, option) the search may use, and
+        the rest term (`speed_kwargs`: autoq.speed's protocol, e.g. {"new_tokens": 8}); the
+        model keeps its plan. `only` (a resolved plan): just the pairs it uses (and fp)."""
         speed_kwargs = dict(speed_kwargs or {})
         device, dtype = loaded.device, loaded.dtype
         backend = require_backend(backend, device)
         shapes, ops = loaded.shapes(), pricing(loaded)
         lead, mode = loaded.kind.serving_lead(loaded), timing_mode(loaded, speed_kwargs)
+        model_key = _model_key(loaded, shapes, speed_kwargs)
+        in_model = mode == "in-model"
+        if in_model:  # the timings belong to this model's decode
+            mode = "in-model:" + hashlib.sha256(model_key.encode()).hexdigest()[:12]
         cache = TableCache(cache_dir, device, dtype, backend)
-        configs = {None, *options}
-        used = None if only is None else {(shapes[n], c) for n, c in only.items()
-                                          if c is not None and n in shapes}
-        todo: dict[str, tuple] = {}
+        used = None if only is None else {c for c in only.values() if c is not None}
+        configs = [None] + sorted({c for c in options if used is None or c in used},
+                                  key=lambda c: (c.nbits, c.group_size or 0, c.label))
+        todo: dict[str, tuple] = {}   # layer_key -> (fin, fout, cfg, served, op)
         for (fin, fout), op in sorted({(shapes[n], ops[n][0]) for n in shapes}):
             for cfg in configs:
                 if cfg is not None and cfg.problem(fin, fout):
                     continue  # HQQ cannot quantize this shape with cfg: never planned
-                if cfg is not None and used is not None and ((fin, fout), cfg) not in used:
-                    continue
+                if cfg is not None and only is not None and not in_model and not any(
+                        shapes[n] == (fin, fout) and c == cfg for n, c in only.items()):
+                    continue  # (in the model, its decode runs time every shape at cfg)
                 served = served_by(cfg, fin, fout, backend) if op == MATMUL else \
                     ("fp" if cfg is None else "hqq")
                 key = layer_key(fin, fout, cfg, served, lead if op == MATMUL else (1,), mode, op)
                 todo[key] = (fin, fout, cfg, served, op)
+        rested = configs if in_model else [None]  # a GPU: the fp decode only
+        runs = [c for c in rested if f"{model_key}|{label_of(c)}" not in cache.rest or any(
+            k not in cache.layers for k, t in todo.items() if in_model and t[2] == c)]
+        timed = calibrate.in_model(loaded, runs, backend, speed_kwargs, in_model,
+                                   progress) if runs else {}
         for key, (fin, fout, cfg, served, op) in todo.items():
-            if key not in cache.layers:
+            run = timed[label_of(cfg)].layers if label_of(cfg) in timed else {}
+            inside = [t for n, t in run.items() if shapes[n] == (fin, fout) and ops[n][0] == op]
+            if inside:
+                cache.layers[key] = statistics.fmean(inside)
+            elif key not in cache.layers:  # a GPU, or no module to hook (MoE experts)
                 if progress:
                     progress(key)
                 cache.layers[key] = bench_layer(fin, fout, cfg, served, device, dtype, lead,
                                                 mode) if op == MATMUL else \
                     bench_lookup(fin, fout, cfg, device, dtype, mode)
-        model_key = _model_key(loaded, shapes, speed_kwargs)
-        if model_key not in cache.rest:
-            cache.rest[model_key] = rest_seconds(loaded, shapes, ops, speed_kwargs)
-        cache.save()
-        table = {k: cache.layers[k] for k in todo}
-        lat = cls(table, cache.rest[model_key], dict(shapes), backend, lead, mode,
+        lat = cls({k: cache.layers[k] for k in todo}, {}, dict(shapes), backend, lead, mode,
                   loaded.kind.unit, ops=ops)
+        for cfg in rested:  # what the decode took beyond its layers
+            key = f"{model_key}|{label_of(cfg)}"
+            if label_of(cfg) in timed:
+                plan = calibrate.uniform(shapes, cfg)
+                cache.rest[key] = max(0.0, timed[label_of(cfg)].decode - sum(
+                    lat.layer_time(n, plan[n]) for n in shapes))
+            lat.rest[label_of(cfg)] = cache.rest[key]
+        cache.save()
         lat.info = {"device": cache.device_name, "cache_file": str(cache.path or ""),
-                    "rest_seconds": lat.rest_seconds}
+                    "rest_seconds": dict(lat.rest)}
         return lat
-
-
-class _Stub(nn.Module):
-    """A priced layer's stand-in: zeros of its output width (`dtype`: an embedding's)."""
-
-    def __init__(self, width: int, dtype: torch.dtype | None):
-        super().__init__()
-        self.width, self.dtype = width, dtype
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.dtype is not None:  # an embedding: ids in, vectors out
-            return torch.zeros(*x.shape, self.width, device=x.device, dtype=self.dtype)
-        return x.new_zeros(*x.shape[:-1], self.width)
-
-
-def rest_seconds(loaded, shapes: Mapping[str, tuple[int, int]],
-                 ops: Mapping[str, tuple[str, float]], speed_kwargs: Mapping) -> float:
-    """Everything but the priced layers, measured directly: the speed engine's time per
-    token with every priced layer swapped for a stub."""
-    originals = {name: loaded.model.get_submodule(name) for name in shapes}
-    try:
-        for name, (fin, fout) in shapes.items():
-            embedding = ops[name][0] == LOOKUP
-            set_module(loaded.model, name,
-                       _Stub(fin if embedding else fout, loaded.dtype if embedding else None))
-        with torch.inference_mode():
-            return loaded.kind.seconds(loaded, **speed_kwargs)
-    finally:
-        for name, module in originals.items():
-            set_module(loaded.model, name, module)
 
 
 # ---- micro-benchmarks ---------------------------------------------------------------
 def timing_mode(loaded, speed_kwargs: Mapping | None = None) -> str:
     """How to time a layer so it matches how the speed engine runs the model:
-    "eager" (CPU), "stream" (eager CUDA launches), "graph" (CUDA graph of eager
-    forwards), "compiled" (CUDA graph of torch.compile'd forwards)."""
+    "in-model" (CPU: inside its decode), "stream" (eager CUDA launches), "graph" (CUDA
+    graph of eager forwards), "compiled" (CUDA graph of torch.compile'd forwards)."""
     if loaded.device.type != "cuda":
-        return "eager"
+        return "in-model"
     engine = loaded.kind.engine(loaded, speed_kwargs)
     return {"compiled": "compiled", "graphs": "graph"}.get(engine, "stream")
 
