@@ -100,8 +100,11 @@ def _hooked(loaded, shapes: Mapping[str, tuple[int, int]], speed_kwargs: Mapping
                 times.append((start[0], time.perf_counter() - start[1]))
 
         handles += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
-    try:  # one timed run is enough: every module's median is over all its calls
-        loaded.kind.seconds(loaded, **{**speed_kwargs, "repeats": 1})
+    short = {"repeats": 1}  # one short timed run: a layer's time does not depend on the
+    if loaded.kind.unit == "token":  # position (the rest does: the plain decode times it)
+        short["new_tokens"] = min(16, speed_kwargs.get("new_tokens") or 16)
+    try:
+        loaded.kind.seconds(loaded, **{**speed_kwargs, **short})
     finally:
         for h in handles:
             h.remove()
