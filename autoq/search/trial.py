@@ -69,7 +69,8 @@ def latency_model(session: Session):
                      {o for ch in session.choices for o in ch.options if o},
                      key=lambda c: (c.nbits, c.group_size or 0))
     return LatencyModel.for_model(session.ev.loaded, options, session.ev.backend,
-                                  Path(session.s.out))
+                                  Path(session.s.out), progress=lambda m: session.say(
+                                      f"latency model: {m}"))
 
 
 class TrialRunner:
