@@ -52,6 +52,9 @@ def measure_again(study_dir: Path, plans: list[str], rounds: int) -> dict[str, l
 
 def check(study_dir: Path, rounds: int = 0) -> dict:
     """The check's result (see the module's doc); `rounds`: measurements more per plan."""
+    if not (study_dir / "pareto.json").is_file() or not (study_dir / "study.json").is_file():
+        raise SystemExit(f"{study_dir}: not a finished `autoq search` study folder (no "
+                         "pareto.json and study.json)")
     pareto = json.loads((study_dir / "pareto.json").read_text())
     study = json.loads((study_dir / "study.json").read_text())
     key = study.get("speed_key", "tokens_per_s")

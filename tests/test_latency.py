@@ -160,12 +160,14 @@ def test_in_model_timing_leaves_the_model_with_its_plan_and_serving(tiny_llama_d
     pipeline.quantize(loaded, plan)
     served = pipeline.serve(loaded, "torch-int4")
     modules = {n: loaded.model.get_submodule(n) for n in shapes}
+    cache = loaded.quantized.cache
     timed = calibrate.in_model(loaded, [None, LayerConfig(8, 32)], "torch-int4", FAST)
     assert set(timed) == {"fp", "8:32"}
     for t in timed.values():
         assert t.decode > 0 and set(t.layers) == set(shapes)  # every module, decode calls only
         assert all(0 < s < t.decode for s in t.layers.values())
     assert loaded.quantized.applied == plan and loaded.quantized.serving == served
+    assert loaded.quantized.cache is cache  # the timing layers' cache is not kept
     assert all(type(loaded.model.get_submodule(n)) is type(m) for n, m in modules.items())
 
 

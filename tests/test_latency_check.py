@@ -52,10 +52,16 @@ def test_measured_again_plans_are_judged_at_their_median(tmp_path, monkeypatch):
     assert r["pairs_out_of_order"][0]["beyond_noise"] is True and not r["order_kept"]
 
 
-def test_the_committed_cpu_front_meets_the_goal():
+def test_the_committed_cpu_front_reads_back_as_committed_and_meets_the_goal():
     r = latency_check.check(ROOT / "results/benchmarks/cpu-serving/latency-front")
     committed = json.loads((ROOT / "results/benchmarks/cpu-serving/latency-check.json").read_text())
     assert r["mean_abs_error"] == pytest.approx(committed["mean_abs_error"])
     assert committed["meets"] == (committed["mean_abs_error_median"] <= 0.15)
+    assert committed["meets"] and committed["rounds_again"] >= 1
     assert committed["order_kept"] == all(s["beyond_noise"] is False
                                           for s in committed["pairs_out_of_order"])
+
+
+def test_a_folder_that_is_no_study_is_one_sentence(tmp_path):
+    with pytest.raises(SystemExit, match="not a finished `autoq search` study folder"):
+        latency_check.check(tmp_path)

@@ -93,14 +93,16 @@ class QuantizedModel:
 
     @contextmanager
     def unquantized(self, *, device: torch.device, dtype: torch.dtype) -> Iterator[nn.Module]:
-        """The model with every original layer back for the block; the plan applied
-        before is applied again afterwards (from the same layer cache)."""
-        before = dict(self.applied)
+        """The model with every original layer back for the block (which may apply other
+        plans, from other caches); the plan applied before is applied again afterwards,
+        from the layer cache it came from."""
+        before, cache = dict(self.applied), self.cache
         self.apply({n: None for n in self.units}, device=device, dtype=dtype)
         try:
             yield self.model
         finally:
-            self.apply(before, device=device, dtype=dtype)
+            self.apply({n: None for n in self.units}, device=device, dtype=dtype, cache=cache)
+            self.apply(before, device=device, dtype=dtype, cache=cache)
 
 
 def layer_config(layer: nn.Module) -> LayerConfig:

@@ -50,25 +50,22 @@ def in_model(loaded, configs: Iterable[LayerConfig | None], backend: str,
     """Option label ("fp" for none) -> its decode time and (`hooks`) its priced modules'
     times."""
     qm, device, dtype = loaded.quantized, loaded.device, loaded.dtype
-    before, cache, serving = dict(qm.applied), qm.cache, qm.serving
-    shapes = qm.shapes()
+    shapes, serving = qm.shapes(), qm.serving
     packing = LayerCache(pack_only=True)
     out = {}
     try:
-        for cfg in configs:
-            if progress:
-                progress(f"timing {label_of(cfg)} inside the model's decode")
-            qm.apply({n: None for n in shapes}, device=device, dtype=dtype, cache=packing)
-            qm.apply(uniform(shapes, cfg), device=device, dtype=dtype, cache=packing)
-            prepare_(qm, backend)
-            with torch.inference_mode():
-                decode = loaded.kind.seconds(loaded, **speed_kwargs)
-                layers = _hooked(loaded, shapes, speed_kwargs) if hooks else {}
-            out[label_of(cfg)] = Timed(decode, layers)
-            packing.memory.clear()
-    finally:
-        qm.apply({n: None for n in shapes}, device=device, dtype=dtype, cache=cache)
-        qm.apply(before, device=device, dtype=dtype, cache=cache)
+        with qm.unquantized(device=device, dtype=dtype):
+            for cfg in configs:
+                if progress:
+                    progress(f"timing {label_of(cfg)} inside the model's decode")
+                qm.apply(uniform(shapes, cfg), device=device, dtype=dtype, cache=packing)
+                prepare_(qm, backend)
+                with torch.inference_mode():
+                    decode = loaded.kind.seconds(loaded, **speed_kwargs)
+                    layers = _hooked(loaded, shapes, speed_kwargs) if hooks else {}
+                out[label_of(cfg)] = Timed(decode, layers)
+                packing.memory.clear()
+    finally:  # the plan is back (unquantized()); serve it as it was served
         if serving is not None:
             prepare_(qm, backend)
         qm.serving = serving
