@@ -2,8 +2,8 @@
 
 A layer timed alone keeps its weights in the CPU's caches; in a decode step every
 layer's weights stream from memory while the rest of the model evicts them, and it
-measured 1.3-3x slower there (SmolLM2 on this project's 2-core machine: a 576x576
-4-bit layer 24 us alone, 43 us in the decode; fp32 15 us and 71 us). So for each
+measured 1.4-4.3x slower there (SmolLM2 on this project's 2-core machine: a 576x576
+4-bit layer 23 us alone, 42 us in the decode; fp32 16 us and 68 us). So for each
 option, every priced layer it fits is packed at it (the method's packing without its
 solver: the same kernels, fast; values do not change a layer's speed), served by the
 backend, and the speed engine decodes twice: once plain (that option's decode time),

@@ -14,7 +14,7 @@ device name, dtype, backend, torch/hqq/gemlite versions) under `<cache_dir>/late
   layers' timings.
 - On a CPU layers are timed inside the model's own decode, one run per option with
   every layer it fits at it (autoq.serve.calibrate): alone, a layer's weights stay in
-  cache and it ran 1.3-3x faster than in the decode. Each option has its own `rest`
+  cache and it ran 1.4-4.3x faster than in the decode. Each option has its own `rest`
   (its decode less its layers: the streaming weights slow the rest too); a mixed plan's
   rest is their average weighted by the plan's weights at each option.
 
